@@ -1,0 +1,60 @@
+"""pytest-zoo: conformance testing for the torchvision model zoo.
+
+The public API is importable from here, but lazily: ``import pytest_zoo`` (which pytest does for
+every run, through the plugin entry point) costs nothing until a name that needs torch is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "replace_head": "heads",
+    "register_adapter": "heads",
+    "unregister_adapter": "heads",
+    "find_adapter": "heads",
+    "head_parameter_names": "heads",
+    "HeadAdapter": "heads",
+    "NoAdapterError": "heads",
+    "freeze_backbone": "freezing",
+    "count_parameters": "freezing",
+    "ParameterCounts": "freezing",
+    "build_model": "building",
+    "ZooConformance": "checks",
+    "Family": "families",
+    "InputSpec": "families",
+    "FAMILIES": "families",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from .building import build_model
+    from .checks import ZooConformance
+    from .families import FAMILIES, Family, InputSpec
+    from .freezing import ParameterCounts, count_parameters, freeze_backbone
+    from .heads import (
+        HeadAdapter,
+        NoAdapterError,
+        find_adapter,
+        head_parameter_names,
+        register_adapter,
+        replace_head,
+        unregister_adapter,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_zoo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

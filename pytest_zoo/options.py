@@ -1,0 +1,120 @@
+"""Command-line options and ini keys, read and validated without importing torch.
+
+Every value is checked when pytest configures, so a typo is a usage error naming the option, the
+bad value and what is valid, before a single model is built.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+
+from .selection import Patterns, SelectionError, parse_patterns
+
+__all__ = ["DEFAULT_EXAMPLES", "ZooOptions", "add_options", "read_options"]
+
+DEFAULT_EXAMPLES = 3
+_DEVICE = re.compile(r"^(auto|cpu|meta|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class ZooOptions:
+    patterns: Patterns
+    device: str
+    examples: int
+
+    @property
+    def requested(self) -> bool:
+        """Whether the user asked for zoo models at all; nothing heavy happens otherwise."""
+        return bool(self.patterns.include)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("zoo", "pytest-zoo: torchvision model zoo conformance")
+    group.addoption(
+        "--zoo-models",
+        metavar="PATTERNS",
+        help="run the zoo conformance suite for these models: comma-separated globs, '!glob' excludes "
+        "(e.g. 'resnet*,vgg1?,!vgg13'). ini: zoo_models.",
+    )
+    group.addoption(
+        "--zoo-exclude", metavar="PATTERNS", help="comma-separated globs to leave out. ini: zoo_exclude."
+    )
+    group.addoption(
+        "--zoo-device",
+        metavar="DEVICE",
+        help="device for the checks: auto (CUDA when available, else CPU), cpu, cuda, cuda:N. ini: zoo_device.",
+    )
+    group.addoption(
+        "--zoo-examples",
+        metavar="N",
+        help=f"Hypothesis examples per check (default {DEFAULT_EXAMPLES}). ini: zoo_examples.",
+    )
+    parser.addini("zoo_models", "zoo models to check (globs, comma-separated)", default="")
+    parser.addini("zoo_exclude", "zoo models to leave out (globs, comma-separated)", default="")
+    parser.addini("zoo_device", "device for the zoo checks", default="auto")
+    parser.addini("zoo_examples", "Hypothesis examples per zoo check", default=str(DEFAULT_EXAMPLES))
+
+
+def _value(config: pytest.Config, name: str) -> tuple[str, str]:
+    """The effective value and where it came from, for error messages."""
+    cli = config.getoption(name)
+    if cli is not None:
+        return str(cli), f"--{name.replace('_', '-')}"
+    return str(config.getini(name)), f"ini option {name}"
+
+
+def read_options(config: pytest.Config) -> ZooOptions:
+    models, models_src = _value(config, "zoo_models")
+    exclude, exclude_src = _value(config, "zoo_exclude")
+    if config.getoption("zoo_models") is not None and not models.strip():
+        raise pytest.UsageError(
+            "--zoo-models is empty. Give comma-separated globs, e.g. --zoo-models='resnet*' or '*' for all."
+        )
+    try:
+        patterns = parse_patterns(models, source=models_src)
+        excluded = parse_patterns(exclude, source=exclude_src)
+    except SelectionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    patterns = Patterns(patterns.include, patterns.exclude + excluded.include + excluded.exclude)
+
+    device, device_src = _value(config, "zoo_device")
+    device = device.strip()
+    if not _DEVICE.match(device):
+        raise pytest.UsageError(
+            f"{device_src}={device!r} is not a device. Valid: auto, cpu, cuda, cuda:N, mps, meta."
+        )
+
+    examples_text, examples_src = _value(config, "zoo_examples")
+    try:
+        examples = int(examples_text)
+    except ValueError:
+        examples = 0
+    if examples < 1:
+        raise pytest.UsageError(
+            f"{examples_src}={examples_text!r} is not a positive whole number of Hypothesis examples "
+            f"(default {DEFAULT_EXAMPLES})."
+        )
+    return ZooOptions(patterns=patterns, device=device, examples=examples)
+
+
+def resolve_device(spec: str) -> str:
+    """Turn ``auto`` into ``cuda``/``cpu`` and reject accelerators this machine does not have."""
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = spec.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise pytest.UsageError(
+                f"--zoo-device={spec}: CUDA is not available on this machine. Use --zoo-device=cpu or auto."
+            )
+        if index and int(index) >= count:
+            raise pytest.UsageError(f"--zoo-device={spec}: only {count} CUDA device(s), cuda:0..cuda:{count - 1}.")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise pytest.UsageError(f"--zoo-device={spec}: MPS is not available. Use --zoo-device=cpu or auto.")
+    return spec

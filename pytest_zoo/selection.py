@@ -1,0 +1,90 @@
+"""Choosing models by pattern: ``resnet*,vgg1?,!vgg13`` -> a sorted list of builder names.
+
+Matching is torchvision's own ``list_models(include=, exclude=)``, so the kit and torchvision can
+never disagree about what a pattern means. The result is sorted, which is what lets every
+pytest-xdist worker collect the same tests in the same order.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Patterns", "SelectionError", "parse_patterns", "select_models"]
+
+
+class SelectionError(ValueError):
+    """A pattern selects nothing, or the patterns together select nothing."""
+
+
+@dataclass(frozen=True)
+class Patterns:
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.include or self.exclude)
+
+
+def parse_patterns(include: str | Iterable[str] = "", exclude: str | Iterable[str] = "", *, source: str = "--zoo-models") -> Patterns:
+    """Split comma-separated globs; a leading ``!`` moves a glob to the excludes.
+
+    Empty items (``"resnet*,,vgg"``) are an error rather than silently ignored: an empty pattern
+    usually means a shell variable that did not expand.
+    """
+    inc: list[str] = []
+    exc: list[str] = []
+    for value, is_exclude in ((include, False), (exclude, True)):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        if isinstance(value, str) and not value.strip():
+            continue
+        for raw in items:
+            item = raw.strip()
+            negated = item.startswith("!")
+            item = item[1:].strip() if negated else item
+            if not item:
+                raise SelectionError(
+                    f"{source}: empty pattern in {value!r}. Give comma-separated globs such as "
+                    "'resnet*,vgg1?' and exclusions as '!glob'."
+                )
+            (exc if (negated or is_exclude) else inc).append(item)
+    return Patterns(tuple(inc), tuple(exc))
+
+
+def _suggest(pattern: str, names: Sequence[str]) -> str:
+    stem = pattern.replace("*", "").replace("?", "").replace("[", "").replace("]", "")
+    close = difflib.get_close_matches(stem, names, n=5, cutoff=0.5)
+    if not close:
+        close = [n for n in names if stem and stem[:3] in n][:5]
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def select_models(patterns: Patterns, *, available: Sequence[str] | None = None) -> list[str]:
+    """Builder names matching ``patterns``, sorted; each include pattern must match something."""
+    from torchvision.models import list_models
+
+    names = list(available) if available is not None else list_models()
+    for pattern in patterns.include + patterns.exclude:
+        if not fnmatch.filter(names, pattern):
+            raise SelectionError(
+                f"zoo model pattern {pattern!r} matches none of the {len(names)} torchvision models."
+                f"{_suggest(pattern, names)} List them with: "
+                "python -c 'import torchvision; print(torchvision.models.list_models())'"
+            )
+    if available is None:
+        selected = list_models(include=list(patterns.include) or None, exclude=list(patterns.exclude) or None)
+    else:
+        selected = sorted(
+            n
+            for n in names
+            if (not patterns.include or any(fnmatch.fnmatch(n, p) for p in patterns.include))
+            and not any(fnmatch.fnmatch(n, p) for p in patterns.exclude)
+        )
+    if not selected:
+        raise SelectionError(
+            f"the zoo model patterns include={list(patterns.include)} exclude={list(patterns.exclude)} "
+            "select no model: every match was excluded."
+        )
+    return list(selected)

@@ -1,0 +1,62 @@
+"""Hypothesis strategies for the values a conformance check varies: classes, batches, input sizes.
+
+The strategies know each family's legal geometry (from :mod:`pytest_zoo.families`) and the one
+batch-size trap of train mode: BatchNorm cannot normalise a single value per channel, so a model
+with BatchNorm trains on batches of at least two. The strategy encodes that rule; no test has to
+skip a drawn example.
+"""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+from torch import nn
+
+from .families import InputSpec, find_family
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_CLASSES",
+    "batch_sizes",
+    "input_sizes",
+    "input_spec",
+    "min_train_batch",
+    "num_classes",
+]
+
+MAX_CLASSES = 10_000
+MAX_BATCH = 4
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def num_classes(min_value: int = 1, max_value: int = MAX_CLASSES) -> st.SearchStrategy[int]:
+    """Class counts, from a single logit to a large vocabulary; Hypothesis shrinks towards 1."""
+    return st.integers(min_value, max_value)
+
+
+def min_train_batch(model: nn.Module) -> int:
+    """The smallest batch ``model`` can run in train mode: 2 if it has BatchNorm, else 1."""
+    return 2 if any(isinstance(m, _BATCH_NORMS) for m in model.modules()) else 1
+
+
+def batch_sizes(model: nn.Module | None = None, *, train: bool = False, max_value: int = MAX_BATCH) -> st.SearchStrategy[int]:
+    """Batch sizes legal for ``model``: from 1 in eval mode, from :func:`min_train_batch` in train mode."""
+    low = min_train_batch(model) if (train and model is not None) else 1
+    return st.integers(low, max(low, max_value))
+
+
+def input_spec(name: str) -> InputSpec:
+    """The legal input geometry of builder ``name``; unknown builders get the permissive default."""
+    family = find_family(name)
+    return family.inputs if family is not None else InputSpec()
+
+
+def input_sizes(spec: InputSpec | str, *, train: bool = False) -> st.SearchStrategy[tuple[int, int]]:
+    """Legal ``(height, width)`` pairs; non-square unless the family fixes its size at build time."""
+    if isinstance(spec, str):
+        spec = input_spec(spec)
+    low, high = spec.sizes(train=train)
+    if low == high:
+        return st.just((low, low))
+    side = st.integers(low // spec.multiple, high // spec.multiple).map(lambda k: k * spec.multiple)
+    return st.tuples(side, side)

@@ -1,0 +1,12 @@
+"""The conformance suite that ``pytest --zoo-models=PATTERNS`` runs.
+
+It is nothing but the default subclass of :class:`~pytest_zoo.ZooConformance`: torchvision's
+builders and the kit's own adapters under every check. The plugin collects it directly, so it runs
+whatever the user's ``python_files``/``python_classes`` settings are.
+"""
+
+from pytest_zoo.checks import ZooConformance
+
+
+class TestZoo(ZooConformance):
+    """Every selected torchvision builder, built offline with the kit's adapters."""
