@@ -27,6 +27,9 @@ _EXPORTS = {
     "Family": "families",
     "InputSpec": "families",
     "FAMILIES": "families",
+    "network_guard": "netguard",
+    "NetworkGuard": "netguard",
+    "NetworkAccessError": "netguard",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
         replace_head,
         unregister_adapter,
     )
+    from .netguard import NetworkAccessError, NetworkGuard, network_guard
 
 
 def __getattr__(name: str) -> Any:
