@@ -1,0 +1,112 @@
+"""The plugin in real pytest sessions: selection, the shipped suite, usage errors, load cost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+CHECKS = (
+    "test_head_matches_builder",
+    "test_forward_shape",
+    "test_freeze_counts",
+    "test_gradients_reach_head_only",
+    "test_default_weights_metadata",
+)
+
+
+def test_zoo_models_runs_every_check_for_exactly_the_selected_models(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--zoo-models=resnet18,mobilenet_v3_small", "--zoo-examples=2", "-v")
+    result.assert_outcomes(passed=2 * len(CHECKS))
+    for check in CHECKS:
+        result.stdout.fnmatch_lines([f"*TestZoo::{check}[[]mobilenet_v3_small[]] PASSED*"])
+        result.stdout.fnmatch_lines([f"*TestZoo::{check}[[]resnet18[]] PASSED*"])
+    result.stdout.fnmatch_lines(["zoo: 2 model(s) selected*"])
+
+
+def test_collection_is_sorted_and_honours_excludes(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nzoo_exclude = resnet1??\n")
+    result = pytester.runpytest("--zoo-models=resnet*,!resnet5?", "--collect-only", "-q")
+    ids = [line for line in result.outlines if "test_freeze_counts" in line]
+    assert [i.rsplit("[", 1)[1].rstrip("]") for i in ids] == ["resnet18", "resnet34"]
+
+
+def test_ini_key_selects_models(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nzoo_models = squeezenet1_1\nzoo_examples = 1\n")
+    result = pytester.runpytest("-k", "forward or freeze")
+    result.assert_outcomes(passed=2, deselected=3)
+
+
+def test_unmatched_pattern_is_a_usage_error_with_suggestions(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--zoo-models=resnet18,rsenet5*")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*pattern 'rsenet5*' matches none of the 121 torchvision models*resnet50*"])
+    result.stdout.no_fnmatch_line("*collected*")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--zoo-models=resnet18,,vgg11"], "*empty pattern*"),
+        (["--zoo-models="], "*--zoo-models is empty*"),
+        (["--zoo-models=resnet*", "--zoo-exclude=resnet*"], "*select no model: every match was excluded*"),
+        (["--zoo-models=resnet18", "--zoo-device=tpu"], "*--zoo-device='tpu' is not a device. Valid: auto, cpu*"),
+        (["--zoo-models=resnet18", "--zoo-examples=0"], "*--zoo-examples='0' is not a positive whole number*"),
+        (["--zoo-models=resnet18", "--zoo-examples=abc"], "*--zoo-examples='abc'*"),
+    ],
+)
+def test_bad_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_a_failing_head_swap_is_reported_with_model_and_expected_shapes(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        from torch import nn
+        from pytest_zoo import ZooConformance
+
+        class TestForgetsBias(ZooConformance):
+            models = ["resnet18"]
+
+            def replace_head(self, model, num_classes):
+                model.fc = nn.Linear(model.fc.in_features, num_classes, bias=False)
+                return model
+        """
+    )
+    result = pytester.runpytest("-k", "head_matches", "--zoo-examples=2")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*resnet18: replace_head hook with num_classes=* does not match*", "*missing: fc.bias (*,)*"]
+    )
+
+
+def test_suite_is_not_collected_without_zoo_models(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("*TestZoo*")
+
+
+def test_loading_the_plugin_does_not_import_torch(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_sessionfinish(session):
+            heavy = sorted(m for m in ("torch", "torchvision") if m in sys.modules)
+            print("HEAVY:", heavy)
+        """
+    )
+    pytester.makepyfile("def test_plain(): pass")
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*zoo-0.1.0*", "*HEAVY: []"])
+
+
+def test_importing_the_package_is_cheap() -> None:
+    code = "import sys, pytest_zoo, pytest_zoo.plugin; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
