@@ -35,7 +35,9 @@ def structural_init() -> Iterator[None]:
             param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
         register_parameter(self, name, param)
 
-    def to_meta_buffer(self: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+    def to_meta_buffer(
+        self: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True
+    ) -> None:
         if tensor is not None and tensor.device.type != "meta":
             tensor = tensor.to("meta")
         register_buffer(self, name, tensor, persistent=persistent)

@@ -16,11 +16,10 @@ from typing import Any, ClassVar
 
 import torch
 from hypothesis import example, given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from . import building, freezing, heads
-from .strategies import batch_sizes, input_sizes, input_spec, min_train_batch, num_classes
+from .strategies import batch_sizes, input_sizes, input_spec, num_classes
 
 __all__ = ["ZooConformance", "class_dependent_parameters", "named_outputs"]
 
@@ -134,8 +133,10 @@ class ZooConformance:
             found, expected = _shapes(swapped), self._oracle_shapes(name, swapped, n)
             _expect(
                 found == expected,
-                lambda: f"{name}: replace_head hook with num_classes={n} does not match "
-                f"torchvision's builder(num_classes={n}):\n{_diff_shapes(found, expected)}",
+                lambda: (
+                    f"{name}: replace_head hook with num_classes={n} does not match "
+                    f"torchvision's builder(num_classes={n}):\n{_diff_shapes(found, expected)}"
+                ),
             )
 
         check()
@@ -165,15 +166,13 @@ class ZooConformance:
                 x = torch.randn(b, 3, h, w, device=zoo_device)
                 with torch.no_grad():
                     outputs = named_outputs(model(x))
-                for key, out in outputs.items():
-                    _expect(
-                        tuple(out.shape) == (b, n),
-                        lambda key=key, out=out, mode=mode, b=b, x=x: (
-                            f"{name} in {mode} mode, num_classes={n}, input {tuple(x.shape)}: "
-                            f"output {key!r} has shape {tuple(out.shape)}, expected {(b, n)} "
-                            "(check the replace_head hook)"
-                        ),
-                    )
+                found = {key: tuple(out.shape) for key, out in outputs.items()}
+                expected = {key: (b, n) for key in outputs}
+                _expect(
+                    found == expected,
+                    lambda: f"{name} in {mode} mode, num_classes={n}, input {tuple(x.shape)}: output shapes "
+                    f"{found}, expected {expected} (check the replace_head hook)",
+                )
             model.eval()
 
         check()
@@ -199,9 +198,11 @@ class ZooConformance:
             trainable = {k for k, p in params.items() if p.requires_grad}
             _expect(
                 trainable == head_names,
-                lambda: f"{name}, num_classes={n}: the freeze_backbone hook left the wrong parameters "
-                f"trainable.\n  should train but frozen: {sorted(head_names - trainable)}\n"
-                f"  should be frozen but trainable: {sorted(trainable - head_names)}",
+                lambda: (
+                    f"{name}, num_classes={n}: the freeze_backbone hook left the wrong parameters "
+                    f"trainable.\n  should train but frozen: {sorted(head_names - trainable)}\n"
+                    f"  should be frozen but trainable: {sorted(trainable - head_names)}"
+                ),
             )
             counts = freezing.count_parameters(model)
             expected = sum(params[k].numel() for k in head_names)
@@ -213,8 +214,10 @@ class ZooConformance:
             # the backbone must dominate only up to the class count the architecture was designed for.
             _expect(
                 native is None or n > native or counts.frozen > counts.trainable,
-                lambda: f"{name}, num_classes={n}: {counts}; at or below the builder's {native} classes "
-                "a frozen backbone should outweigh its head",
+                lambda: (
+                    f"{name}, num_classes={n}: {counts}; at or below the builder's {native} classes "
+                    "a frozen backbone should outweigh its head"
+                ),
             )
 
         check()
@@ -242,9 +245,11 @@ class ZooConformance:
             with_grad = {k for k, p in model.named_parameters() if p.grad is not None}
             _expect(
                 with_grad == head_names,
-                lambda: f"{name}, num_classes={n}, input {(batch, 3, *size)}, outputs {sorted(outputs)}:\n"
-                f"  head parameters without .grad: {sorted(head_names - with_grad)}\n"
-                f"  backbone parameters with .grad: {sorted(with_grad - head_names)[:10]}",
+                lambda: (
+                    f"{name}, num_classes={n}, input {(batch, 3, *size)}, outputs {sorted(outputs)}:\n"
+                    f"  head parameters without .grad: {sorted(head_names - with_grad)}\n"
+                    f"  backbone parameters with .grad: {sorted(with_grad - head_names)[:10]}"
+                ),
             )
             model.eval()
 
@@ -272,7 +277,9 @@ class ZooConformance:
         )
         _expect(
             classes is None or len(categories) == classes,
-            lambda: f"{where}['categories'] has {len(categories)} names, the builder's head has {classes} outputs",
+            lambda: (
+                f"{where}['categories'] has {len(categories)} names, the builder's head has {classes} outputs"
+            ),
         )
         recipe = meta.get("recipe")
         _expect(

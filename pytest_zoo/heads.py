@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .families import FAMILIES
@@ -172,10 +173,11 @@ _REPLACEABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 def replace_layer(old: nn.Module, num_outputs: int) -> nn.Module:
     """A fresh layer like ``old`` with ``num_outputs`` outputs, on ``old``'s device and dtype."""
-    weight = old.weight if isinstance(old.weight, nn.Parameter) else None  # type: ignore[union-attr]
-    factory = {"device": weight.device, "dtype": weight.dtype} if weight is not None else {}
+    weight = getattr(old, "weight", None)
+    device = weight.device if isinstance(weight, torch.Tensor) else None
+    dtype = weight.dtype if isinstance(weight, torch.Tensor) else None
     if isinstance(old, nn.Linear):
-        return nn.Linear(old.in_features, num_outputs, bias=old.bias is not None, **factory)
+        return nn.Linear(old.in_features, num_outputs, bias=old.bias is not None, device=device, dtype=dtype)
     if isinstance(old, nn.Conv1d | nn.Conv2d | nn.Conv3d):
         if old.groups != 1:
             raise TypeError(f"cannot resize a grouped convolution head ({old}); register a layer_factory")
@@ -188,7 +190,8 @@ def replace_layer(old: nn.Module, num_outputs: int) -> nn.Module:
             dilation=old.dilation,  # type: ignore[arg-type]
             bias=old.bias is not None,
             padding_mode=old.padding_mode,
-            **factory,
+            device=device,
+            dtype=dtype,
         )
     raise TypeError(
         f"pytest-zoo can resize Linear and Conv1d/2d/3d heads, not {type(old).__qualname__}. "

@@ -45,7 +45,8 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--zoo-device",
         metavar="DEVICE",
-        help="device for the checks: auto (CUDA when available, else CPU), cpu, cuda, cuda:N. ini: zoo_device.",
+        help="device for the checks: auto (CUDA when available, else CPU), cpu, cuda, cuda:N. "
+        "ini: zoo_device.",
     )
     group.addoption(
         "--zoo-examples",
@@ -114,7 +115,9 @@ def resolve_device(spec: str) -> str:
                 f"--zoo-device={spec}: CUDA is not available on this machine. Use --zoo-device=cpu or auto."
             )
         if index and int(index) >= count:
-            raise pytest.UsageError(f"--zoo-device={spec}: only {count} CUDA device(s), cuda:0..cuda:{count - 1}.")
+            raise pytest.UsageError(
+                f"--zoo-device={spec}: only {count} CUDA device(s), cuda:0..cuda:{count - 1}."
+            )
     if kind == "mps" and not torch.backends.mps.is_available():
         raise pytest.UsageError(f"--zoo-device={spec}: MPS is not available. Use --zoo-device=cpu or auto.")
     return spec

@@ -28,7 +28,9 @@ class Patterns:
         return bool(self.include or self.exclude)
 
 
-def parse_patterns(include: str | Iterable[str] = "", exclude: str | Iterable[str] = "", *, source: str = "--zoo-models") -> Patterns:
+def parse_patterns(
+    include: str | Iterable[str] = "", exclude: str | Iterable[str] = "", *, source: str = "--zoo-models"
+) -> Patterns:
     """Split comma-separated globs; a leading ``!`` moves a glob to the excludes.
 
     Empty items (``"resnet*,,vgg"``) are an error rather than silently ignored: an empty pattern

@@ -39,7 +39,9 @@ def min_train_batch(model: nn.Module) -> int:
     return 2 if any(isinstance(m, _BATCH_NORMS) for m in model.modules()) else 1
 
 
-def batch_sizes(model: nn.Module | None = None, *, train: bool = False, max_value: int = MAX_BATCH) -> st.SearchStrategy[int]:
+def batch_sizes(
+    model: nn.Module | None = None, *, train: bool = False, max_value: int = MAX_BATCH
+) -> st.SearchStrategy[int]:
     """Batch sizes legal for ``model``: from 1 in eval mode, from :func:`min_train_batch` in train mode."""
     low = min_train_batch(model) if (train and model is not None) else 1
     return st.integers(low, max(low, max_value))

@@ -51,8 +51,14 @@ def test_unmatched_pattern_is_a_usage_error_with_suggestions(pytester: pytest.Py
         (["--zoo-models=resnet18,,vgg11"], "*empty pattern*"),
         (["--zoo-models="], "*--zoo-models is empty*"),
         (["--zoo-models=resnet*", "--zoo-exclude=resnet*"], "*select no model: every match was excluded*"),
-        (["--zoo-models=resnet18", "--zoo-device=tpu"], "*--zoo-device='tpu' is not a device. Valid: auto, cpu*"),
-        (["--zoo-models=resnet18", "--zoo-examples=0"], "*--zoo-examples='0' is not a positive whole number*"),
+        (
+            ["--zoo-models=resnet18", "--zoo-device=tpu"],
+            "*--zoo-device='tpu' is not a device. Valid: auto, cpu*",
+        ),
+        (
+            ["--zoo-models=resnet18", "--zoo-examples=0"],
+            "*--zoo-examples='0' is not a positive whole number*",
+        ),
         (["--zoo-models=resnet18", "--zoo-examples=abc"], "*--zoo-examples='abc'*"),
     ],
 )
