@@ -168,11 +168,11 @@ class ZooConformance:
                     outputs = named_outputs(model(x))
                 found = {key: tuple(out.shape) for key, out in outputs.items()}
                 expected = {key: (b, n) for key in outputs}
-                _expect(
-                    found == expected,
-                    lambda: f"{name} in {mode} mode, num_classes={n}, input {tuple(x.shape)}: output shapes "
-                    f"{found}, expected {expected} (check the replace_head hook)",
-                )
+                if found != expected:
+                    raise ConformanceFailure(
+                        f"{name} in {mode} mode, num_classes={n}, input {tuple(x.shape)}: output shapes "
+                        f"{found}, expected {expected} (check the replace_head hook)"
+                    )
             model.eval()
 
         check()
