@@ -8,6 +8,7 @@ feature is actually used (``--zoo-models``, a ``zoo_*`` fixture, a ``ZooConforma
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,8 +23,11 @@ if TYPE_CHECKING:
     from hypothesis import settings
     from torch import nn
 
+    from .strategies import ModelStrategies
+
 SUITE_PATH = Path(__file__).with_name("suite.py")
 SUITE_NODEID = "pytest-zoo"
+_GLOB = re.compile(r"[*?\[]")
 
 
 @dataclass
@@ -64,7 +68,9 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     """Add the shipped suite when zoo models are requested, before -k/-m deselect anything."""
     if _state(config).selected is None:
         return
@@ -81,18 +87,53 @@ def _is_conformance_class(cls: type | None) -> bool:
     return issubclass(cls, ZooConformance)
 
 
+def _class_models(cls: type) -> list[str]:
+    """A conformance class's ``models``: globs match torchvision builders, plain names stay as given.
+
+    A plain name that torchvision does not know is a model of the user's own (``builder_oracle =
+    False`` and a ``build_model`` hook that builds it), so it is kept rather than rejected.
+    """
+    models = getattr(cls, "models", ())
+    source = f"{cls.__qualname__}.models"
+    patterns = parse_patterns(models if isinstance(models, str) else list(models), source=source)
+    literal = [p for p in patterns.include if not _GLOB.search(p)]
+    globs = [p for p in patterns.include if _GLOB.search(p)]
+    names = set(literal)
+    if globs:
+        names.update(select_models(parse_patterns(globs, patterns.exclude, source=source)))
+    return sorted(n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in patterns.exclude))
+
+
 def _models_for(config: pytest.Config, cls: type | None) -> list[str]:
-    selected = _state(config).selected
-    class_patterns = list(getattr(cls, "models", ())) if _is_conformance_class(cls) else []
-    if class_patterns:
-        pool = selected if selected is not None else select_models(parse_patterns(class_patterns))
-        return [name for name in pool if any(fnmatch.fnmatchcase(name, p) for p in class_patterns)]
-    return list(selected or [])
+    state = _state(config)
+    if not (_is_conformance_class(cls) and getattr(cls, "models", ())):
+        return list(state.selected or [])
+    assert cls is not None
+    try:
+        names = _class_models(cls)
+    except SelectionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if state.selected is None:
+        return names
+    wanted = state.options.patterns
+    return [
+        n
+        for n in names
+        if any(fnmatch.fnmatchcase(n, p) for p in wanted.include)
+        and not any(fnmatch.fnmatchcase(n, p) for p in wanted.exclude)
+    ]
+
+
+def _argnames(mark: pytest.Mark) -> list[str]:
+    names = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+    return [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "zoo_model_name" not in metafunc.fixturenames:
         return
+    if any("zoo_model_name" in _argnames(m) for m in metafunc.definition.iter_markers("parametrize")):
+        return  # the test names its models itself: @pytest.mark.parametrize("zoo_model_name", [...])
     names = _models_for(metafunc.config, metafunc.cls)
     if not names:
         reason = "no zoo models selected: pass --zoo-models=PATTERNS (or set the zoo_models ini key)"
@@ -122,13 +163,38 @@ def zoo_hypothesis_settings(pytestconfig: pytest.Config) -> settings:
         max_examples=_state(pytestconfig).options.examples,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        print_blob=True,
+        # The checks run Hypothesis on inner functions a user cannot decorate, so a
+        # ``@reproduce_failure`` blob would be a dead end; failures say how to reproduce instead.
+        print_blob=False,
     )
 
 
 @pytest.fixture
-def zoo_model(zoo_model_name: str, zoo_device: torch.device) -> nn.Module:
-    """A freshly built model for ``zoo_model_name`` (random init, offline) on ``zoo_device``."""
+def zoo_model(request: pytest.FixtureRequest, zoo_model_name: str, zoo_device: torch.device) -> nn.Module:
+    """A freshly built model for ``zoo_model_name`` (random init, offline) on ``zoo_device``.
+
+    Inside a ``ZooConformance`` subclass it is built by that class's ``build_model`` hook, so a
+    free-form test method checks the same model the inherited checks do.
+    """
+    instance = request.instance
+    if instance is not None and _is_conformance_class(type(instance)):
+        model: nn.Module = instance.build_model(zoo_model_name)
+        return model.to(zoo_device)
     from .building import build_model
 
     return build_model(zoo_model_name, device=zoo_device)
+
+
+@pytest.fixture
+def zoo_strategies(request: pytest.FixtureRequest, zoo_model_name: str) -> ModelStrategies:
+    """Hypothesis strategies bound to ``zoo_model_name``: class counts, batch sizes, legal inputs.
+
+    ``zoo_strategies.input_shapes(train=True)`` draws whole ``(B, C, H, W)`` shapes the model
+    accepts. Inside a ``ZooConformance`` subclass the geometry comes from its ``input_spec`` hook.
+    """
+    from .strategies import for_model
+
+    instance = request.instance
+    if instance is not None and _is_conformance_class(type(instance)):
+        return for_model(zoo_model_name, spec=instance.input_spec(zoo_model_name))
+    return for_model(zoo_model_name)

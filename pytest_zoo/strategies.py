@@ -8,6 +8,8 @@ skip a drawn example.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hypothesis import strategies as st
 from torch import nn
 
@@ -16,7 +18,10 @@ from .families import InputSpec, find_family
 __all__ = [
     "MAX_BATCH",
     "MAX_CLASSES",
+    "ModelStrategies",
     "batch_sizes",
+    "for_model",
+    "input_shapes",
     "input_sizes",
     "input_spec",
     "min_train_batch",
@@ -62,3 +67,55 @@ def input_sizes(spec: InputSpec | str, *, train: bool = False) -> st.SearchStrat
         return st.just((low, low))
     side = st.integers(low // spec.multiple, high // spec.multiple).map(lambda k: k * spec.multiple)
     return st.tuples(side, side)
+
+
+def input_shapes(
+    spec: InputSpec | str,
+    *,
+    model: nn.Module | None = None,
+    train: bool = False,
+    channels: int = 3,
+    max_batch: int = MAX_BATCH,
+) -> st.SearchStrategy[tuple[int, int, int, int]]:
+    """Whole ``(batch, channels, height, width)`` input shapes legal for one model.
+
+    The batch and the spatial size are drawn together because their rules come from different
+    places (BatchNorm in ``model``, geometry in ``spec``) and a test wants both right at once.
+    """
+    batches = batch_sizes(model, train=train, max_value=max_batch)
+    return st.tuples(batches, input_sizes(spec, train=train)).map(lambda t: (t[0], channels, *t[1]))
+
+
+@dataclass(frozen=True)
+class ModelStrategies:
+    """The strategies above, bound to one model, so a free-form test need not repeat its name.
+
+    This is what the ``zoo_strategies`` fixture gives. ``model`` is used only to find BatchNorm
+    (train-mode batches of at least two); without it, train-mode batches start at two to be safe.
+    """
+
+    name: str
+    spec: InputSpec
+    model: nn.Module | None = None
+
+    def num_classes(self, min_value: int = 1, max_value: int = MAX_CLASSES) -> st.SearchStrategy[int]:
+        return num_classes(min_value, max_value)
+
+    def batch_sizes(self, *, train: bool = False, max_value: int = MAX_BATCH) -> st.SearchStrategy[int]:
+        if train and self.model is None:
+            return st.integers(2, max(2, max_value))
+        return batch_sizes(self.model, train=train, max_value=max_value)
+
+    def input_sizes(self, *, train: bool = False) -> st.SearchStrategy[tuple[int, int]]:
+        return input_sizes(self.spec, train=train)
+
+    def input_shapes(
+        self, *, train: bool = False, channels: int = 3, max_batch: int = MAX_BATCH
+    ) -> st.SearchStrategy[tuple[int, int, int, int]]:
+        batches = self.batch_sizes(train=train, max_value=max_batch)
+        return st.tuples(batches, self.input_sizes(train=train)).map(lambda t: (t[0], channels, *t[1]))
+
+
+def for_model(name: str, model: nn.Module | None = None, spec: InputSpec | None = None) -> ModelStrategies:
+    """Strategies bound to builder ``name`` (its family's geometry unless ``spec`` is given)."""
+    return ModelStrategies(name, spec if spec is not None else input_spec(name), model)
