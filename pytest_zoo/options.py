@@ -53,6 +53,13 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="N",
         help=f"Hypothesis examples per check (default {DEFAULT_EXAMPLES}). ini: zoo_examples.",
     )
+    group.addoption(
+        "--zoo-list",
+        action="store_true",
+        default=False,
+        help="print the selected models (all without --zoo-models) as a table: task, family, head, "
+        "parameters, classes, weights; then exit without running tests.",
+    )
     parser.addini("zoo_models", "zoo models to check (globs, comma-separated)", default="")
     parser.addini("zoo_exclude", "zoo models to leave out (globs, comma-separated)", default="")
     parser.addini("zoo_device", "device for the zoo checks", default="auto")

@@ -54,6 +54,35 @@ def pytest_configure(config: pytest.Config) -> None:
         except SelectionError as exc:
             raise pytest.UsageError(str(exc)) from None
     config.stash[STATE_KEY] = ZooState(options=options, selected=selected)
+    # A device this machine lacks is a usage error now, not a fixture error in every test later;
+    # torch is imported for it only when the kit is actually in use.
+    device = resolve_device(options.device) if options.requested or options.device != "auto" else "cpu"
+    from .reliability import ZooReliability
+
+    config.pluginmanager.register(ZooReliability(device), "pytest-zoo-reliability")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``--zoo-list``: print the selected models (all of them without --zoo-models), run nothing."""
+    if not config.getoption("zoo_list", False):
+        return None
+    config._do_configure()  # as pytest's own --markers does: validates every option first
+    try:
+        from .netguard import network_guard
+        from .report import list_rows, render_list
+        from .selection import Patterns
+
+        state = _state(config)
+        names = state.selected if state.selected is not None else select_models(Patterns(("*",)))
+        with network_guard():
+            rows = list_rows(names)
+        writer = config.get_terminal_writer()
+        for line in render_list(rows):
+            writer.line(line)
+    finally:
+        config._ensure_unconfigure()
+    return 0
 
 
 def _state(config: pytest.Config) -> ZooState:
@@ -64,7 +93,9 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     state = _state(config)
     if state.selected is None:
         return None
-    return f"zoo: {len(state.selected)} model(s) selected, device {state.options.device}"
+    from .report import header_line
+
+    return header_line(len(state.selected), resolve_device(state.options.device), state.options.device)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -1,0 +1,172 @@
+"""The hooks that wrap every zoo test: network guard, state-leak guard, fault isolation, reporting.
+
+Registered by the plugin at configure time as one object, so the whole reliability layer is in
+one place and the entry-point module stays a thin list of options and fixtures. A *zoo test* is a
+test parametrized by ``zoo_model_name`` (the shipped suite, ``ZooConformance`` subclasses, and any
+test using the ``zoo_model`` fixture); every other test in the user's session is left untouched.
+
+Around each zoo test, from the start of setup to the end of teardown:
+
+* :func:`~pytest_zoo.netguard.network_guard` is active, with a private ``TORCH_HOME``; a network
+  attempt fails the test with the URL, even when the code under test swallowed the error;
+* the process-wide state is snapshotted before and restored after; a change other than the random
+  generators fails the test's teardown with the list of what changed (see :mod:`.isolation`);
+* a missing head adapter skips, an out-of-memory fails with a precise reason, and other errors get
+  a note naming the model, so one broken model never hides or takes down the others;
+* the report carries ``model``, ``task`` and ``family`` properties, for ``--junitxml``, xdist and
+  the per-family summary at the end of the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import pytest
+
+from .isolation import StateSnapshot, capture, classify
+from .netguard import NetworkGuard, network_guard
+from .report import collect_outcomes, model_properties, render_summary
+
+__all__ = ["StateLeakError", "ZooReliability", "zoo_model_of"]
+
+
+class StateLeakError(AssertionError):
+    """A zoo test changed process-wide state and did not put it back (it has been restored now)."""
+
+
+def zoo_model_of(item: pytest.Item) -> str | None:
+    """The zoo model a test item checks, or ``None`` for a test that is not a zoo test."""
+    marker = item.get_closest_marker("zoo")
+    if marker is not None and marker.args:
+        return str(marker.args[0])
+    callspec = getattr(item, "callspec", None)
+    name = callspec.params.get("zoo_model_name") if callspec is not None else None
+    return name if isinstance(name, str) else None
+
+
+@dataclass
+class _Guarded:
+    model: str
+    snapshot: StateSnapshot
+    guard: NetworkGuard
+    stack: contextlib.ExitStack
+    #: How many network attempts have already been turned into a failed report.
+    reported: int = 0
+    leaks: list[str] = field(default_factory=list)
+
+
+_GUARDED = pytest.StashKey[_Guarded]()
+_OUTCOME_EXCEPTIONS = (pytest.skip.Exception, pytest.fail.Exception, pytest.xfail.Exception)
+
+
+class ZooReliability:
+    """pytest hooks, registered once per session by the plugin's ``pytest_configure``."""
+
+    def __init__(self, device: str) -> None:
+        #: The device zoo tests run on, as resolved at configure time; used in failure messages.
+        self.device = device
+
+    def _convert(self, exc: BaseException, model: str, phase: str) -> BaseException | None:
+        """The exception to raise instead of ``exc`` (``None``: re-raise ``exc`` as it is)."""
+        if isinstance(exc, _OUTCOME_EXCEPTIONS) or not isinstance(exc, Exception):
+            return None
+        fault = classify(exc, model, self.device, phase)
+        if fault is not None and fault.skip_reason is not None:
+            return pytest.skip.Exception(fault.skip_reason, _use_item_location=True)
+        if fault is not None and fault.error is not None:
+            return fault.error
+        if not isinstance(exc, AssertionError) and hasattr(exc, "add_note"):  # Python 3.11+
+            props = dict(model_properties(model))
+            exc.add_note(
+                f"pytest-zoo: raised while checking model {model!r} (family {props['family']}, "
+                f"task {props['task']}) on {self.device}, during test {phase}; "
+                "the other models' tests are unaffected."
+            )
+        return None
+
+    def _isolated(self, item: pytest.Item, phase: str) -> Generator[None, object, object]:
+        model = zoo_model_of(item)
+        try:
+            return (yield)
+        except Exception as exc:
+            if model is None:
+                raise
+            replacement = self._convert(exc, model, phase)
+            if replacement is None:
+                raise
+        raise replacement from None
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, object, object]:
+        model = zoo_model_of(item)
+        if model is not None:
+            for prop in model_properties(model):
+                if prop not in item.user_properties:
+                    item.user_properties.append(prop)
+            snapshot = capture()
+            stack = contextlib.ExitStack()
+            guard = stack.enter_context(network_guard())
+            item.stash[_GUARDED] = _Guarded(model, snapshot, guard, stack)
+        return (yield from self._isolated(item, "setup"))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        return (yield from self._isolated(item, "call"))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:
+        guarded = item.stash.get(_GUARDED, None)
+        if guarded is None:
+            return (yield)
+        try:
+            result = yield
+        finally:
+            guarded.stack.close()  # leaves the network guard: TORCH_HOME and sockets are back
+            guarded.leaks = guarded.snapshot.leaks()
+            guarded.snapshot.restore()
+        if guarded.leaks:
+            raise StateLeakError(
+                f"{guarded.model}: the test changed process-wide state and did not restore it "
+                "(pytest-zoo has restored it, so later tests are unaffected):\n  "
+                + "\n  ".join(guarded.leaks)
+                + "\nRestore it in the test (try/finally, or a fixture): results must not depend on order."
+            )
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        guarded = item.stash.get(_GUARDED, None)
+        if guarded is None:
+            return report
+        new = guarded.guard.attempts[guarded.reported :]
+        guarded.reported = len(guarded.guard.attempts)
+        if new and report.passed:
+            report.outcome = "failed"
+            report.longrepr = (
+                f"{guarded.model}: the test tried to reach the network during {report.when} and the "
+                "error was caught and ignored by the code under test:\n  "
+                + "\n  ".join(new)
+                + "\nZoo tests must run offline: build with weights=None (and weights_backbone=None)."
+            )
+        if call.when == "teardown":
+            del item.stash[_GUARDED]
+        return report
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        reports = [
+            report
+            for values in terminalreporter.stats.values()
+            for report in values
+            if isinstance(report, pytest.TestReport)
+        ]
+        outcomes = collect_outcomes(reports)
+        if not outcomes:
+            return
+        terminalreporter.write_sep("=", "pytest-zoo: results per family")
+        for line in render_summary(outcomes):
+            terminalreporter.write_line(line)

@@ -1,0 +1,240 @@
+"""What the kit tells the user: the header line, ``--zoo-list``, the per-family summary, properties.
+
+Every zoo test report carries ``model``, ``task`` and ``family`` in its ``user_properties``. That
+one choice makes the rest work everywhere: ``--junitxml`` writes them as ``<property>`` elements,
+pytest-xdist ships them from the workers to the controller with each report, and the per-family
+summary is computed from the reports alone, so it is the same with and without ``-n``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from .families import find_family
+
+__all__ = [
+    "ModelRow",
+    "ZooOutcome",
+    "collect_outcomes",
+    "header_line",
+    "list_rows",
+    "model_properties",
+    "render_list",
+    "render_summary",
+]
+
+PROPERTY_KEYS = ("model", "task", "family")
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def header_line(selected: int, device: str, requested_device: str) -> str:
+    """``zoo: 3 model(s) selected, device cpu (auto), torch 2.14.1, torchvision 0.29.1``.
+
+    Versions come from package metadata, which costs nothing, rather than from importing torch.
+    """
+    how = f" ({requested_device})" if requested_device != device else ""
+    return (
+        f"zoo: {selected} model(s) selected, device {device}{how}, "
+        f"torch {_version('torch')}, torchvision {_version('torchvision')}"
+    )
+
+
+def model_properties(model: str) -> list[tuple[str, str]]:
+    """The ``(name, value)`` pairs recorded on every report of a zoo test of ``model``."""
+    family = find_family(model)
+    return [
+        ("model", model),
+        ("task", family.task if family else "unknown"),
+        ("family", family.name if family else "unknown"),
+    ]
+
+
+# -- --zoo-list ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    task: str
+    family: str
+    #: The head paths the kit's adapter replaces, or why there is none.
+    adapter: str
+    parameters: int | None
+    classes: int | None
+    weights: tuple[str, ...]
+    default_weights: str | None
+    #: Why the model could not be built structurally, when it could not.
+    problem: str | None = None
+
+
+def _weights(name: str) -> tuple[tuple[str, ...], str | None]:
+    from torchvision.models import get_model_weights
+
+    try:
+        enum = get_model_weights(name)
+    except (ValueError, KeyError):
+        return (), None
+    members = tuple(f"{enum.__name__}.{member.name}" for member in enum)
+    default = getattr(enum, "DEFAULT", None)
+    return members, (f"{enum.__name__}.{default.name}" if default is not None else None)
+
+
+def list_row(name: str) -> ModelRow:
+    """Describe one model from a structural build (no weight memory, no download)."""
+    from .building import build_model
+    from .heads import find_adapter
+
+    family = find_family(name)
+    weights, default = _weights(name)
+    task = family.task if family else "unknown"
+    family_name = family.name if family else "unknown"
+    try:
+        model = build_model(name, structural=True)
+    except Exception as exc:  # a listing must not stop at one model; the row says what happened
+        problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        return ModelRow(name, task, family_name, "?", None, None, weights, default, problem)
+    adapter = find_adapter(model)
+    classes = None
+    if adapter is None:
+        adapter_text = "no adapter"
+    else:
+        present = adapter.present_heads(model)
+        adapter_text = ", ".join(present)
+        head = model.get_submodule(present[0])
+        classes = getattr(head, "out_features", None) or getattr(head, "out_channels", None)
+    parameters = sum(p.numel() for p in model.parameters())
+    return ModelRow(name, task, family_name, adapter_text, parameters, classes, weights, default)
+
+
+def list_rows(names: Iterable[str]) -> list[ModelRow]:
+    return [list_row(name) for name in names]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
+def render_list(rows: Sequence[ModelRow]) -> list[str]:
+    """The ``--zoo-list`` table, one line per model, then a note for each model that did not build."""
+    header = ("model", "task", "family", "head (adapter)", "parameters", "classes", "weights")
+    cells = []
+    for row in rows:
+        names = [w.split(".", 1)[1] for w in row.weights]
+        default = row.default_weights.split(".", 1)[1] if row.default_weights else None
+        weights = ", ".join(f"{n}*" if n == default else n for n in names) or "-"
+        enum = row.weights[0].split(".", 1)[0] + ": " if row.weights else ""
+        cells.append(
+            (
+                row.name,
+                row.task,
+                row.family,
+                row.adapter,
+                f"{row.parameters:,}" if row.parameters is not None else "?",
+                str(row.classes) if row.classes is not None else "-",
+                enum + weights,
+            )
+        )
+    lines = _table(header, cells, right={4, 5})
+    lines.append(f"{len(rows)} model(s); * marks the DEFAULT weights; parameters as the kit builds them.")
+    lines += [f"{row.name}: could not be built offline: {row.problem}" for row in rows if row.problem]
+    return lines
+
+
+# -- per-family summary -------------------------------------------------------------------------
+
+
+@dataclass
+class ZooOutcome:
+    nodeid: str
+    model: str
+    family: str
+    task: str
+    outcome: str = "passed"
+    reason: str = ""
+
+
+def _properties(report: pytest.TestReport) -> dict[str, str] | None:
+    props = {str(k): str(v) for k, v in report.user_properties if k in PROPERTY_KEYS}
+    return props if len(props) == len(PROPERTY_KEYS) else None
+
+
+def _reason(report: pytest.TestReport) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = getattr(crash, "message", None) or str(report.longrepr or "")
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+_RANK = {"passed": 0, "skipped": 1, "xfailed": 1, "failed": 2, "error": 3}
+
+
+def collect_outcomes(reports: Iterable[pytest.TestReport]) -> list[ZooOutcome]:
+    """One outcome per zoo test, from all its phase reports: an error in setup/teardown wins."""
+    outcomes: dict[str, ZooOutcome] = {}
+    for report in reports:
+        props = _properties(report)
+        if props is None:
+            continue
+        entry = outcomes.setdefault(
+            report.nodeid, ZooOutcome(report.nodeid, props["model"], props["family"], props["task"])
+        )
+        if report.passed:
+            continue
+        if report.skipped:
+            outcome = "xfailed" if hasattr(report, "wasxfail") else "skipped"
+        else:
+            outcome = "failed" if report.when == "call" else "error"
+        if _RANK[outcome] > _RANK[entry.outcome]:
+            entry.outcome, entry.reason = outcome, _reason(report)
+    return sorted(outcomes.values(), key=lambda o: (o.family, o.model, o.nodeid))
+
+
+def render_summary(outcomes: Sequence[ZooOutcome]) -> list[str]:
+    """A table of passed/failed/skipped per family, then one line per model test that did not pass."""
+    per_family: dict[str, Counter[str]] = defaultdict(Counter)
+    models: dict[str, set[str]] = defaultdict(set)
+    for o in outcomes:
+        per_family[o.family][o.outcome] += 1
+        models[o.family].add(o.model)
+    kinds = ("passed", "failed", "error", "skipped", "xfailed")
+    shown = [
+        k for k in kinds if k in ("passed", "failed", "skipped") or any(c[k] for c in per_family.values())
+    ]
+    rows = [
+        (family, str(len(models[family])), *(str(per_family[family][k]) for k in shown))
+        for family in sorted(per_family)
+    ]
+    lines = _table(("family", "models", *shown), rows, right=set(range(1, 2 + len(shown))))
+    # One line per model and reason: a builder that raises fails all its checks the same way.
+    problems: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
+    for o in outcomes:
+        if o.outcome != "passed":
+            test = o.nodeid.rsplit("::", 1)[-1].split("[", 1)[0]
+            problems[(o.model, o.family, o.outcome, o.reason)].append(test)
+    if problems:
+        lines += ["", "not passed:"]
+        for (model, family, outcome, reason), tests in sorted(problems.items()):
+            short = reason if len(reason) <= 160 else reason[:157] + "..."
+            lines.append(f"  {model} ({family}) {outcome.upper()} {', '.join(tests)}: {short}")
+    return lines
