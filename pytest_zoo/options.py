@@ -108,6 +108,31 @@ def read_options(config: pytest.Config) -> ZooOptions:
     return ZooOptions(patterns=patterns, device=device, examples=examples)
 
 
+def check_conflicts(config: pytest.Config, options: ZooOptions) -> None:
+    """Options that are each valid but contradict each other: refused rather than half-honoured."""
+    listing = bool(config.getoption("zoo_list", False))
+    try:
+        snapshot_ini = str(config.getini("zoo_snapshot") or "").strip()
+    except ValueError:  # no snapshot support registered
+        snapshot_ini = ""
+    snapshot = config.getoption("zoo_snapshot", None) is not None or bool(snapshot_ini)
+    if listing and config.getoption("zoo_snapshot_update", False):
+        raise pytest.UsageError(
+            "--zoo-list and --zoo-snapshot-update conflict: --zoo-list runs no tests, so the snapshot "
+            "would not be written. Run them separately."
+        )
+    # Only a command-line exclusion is refused: an ini zoo_exclude is standing configuration that
+    # also applies to runs that select no models.
+    cli_models, cli_exclude = config.getoption("zoo_models"), config.getoption("zoo_exclude")
+    if not (options.requested or listing or snapshot) and (cli_models or cli_exclude):
+        given = f"--zoo-models={cli_models!r}" if cli_models else f"--zoo-exclude={cli_exclude!r}"
+        raise pytest.UsageError(
+            f"{given} only excludes, and there is nothing to exclude from: no zoo models are "
+            "selected. Add the models to check, e.g. --zoo-models='*' --zoo-exclude='vgg*', "
+            "or drop the exclusion."
+        )
+
+
 def resolve_device(spec: str) -> str:
     """Turn ``auto`` into ``cuda``/``cpu`` and reject accelerators this machine does not have."""
     import torch

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .options import ZooOptions, add_options, read_options, resolve_device
+from .options import ZooOptions, add_options, check_conflicts, read_options, resolve_device
 from .selection import SelectionError, parse_patterns, select_models
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except SelectionError as exc:
             raise pytest.UsageError(str(exc)) from None
     config.stash[STATE_KEY] = ZooState(options=options, selected=selected)
+    check_conflicts(config, options)
     # A device this machine lacks is a usage error now, not a fixture error in every test later;
     # torch is imported for it only when the kit is actually in use.
     device = resolve_device(options.device) if options.requested or options.device != "auto" else "cpu"
@@ -74,7 +75,8 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         from .selection import Patterns
 
         state = _state(config)
-        names = state.selected if state.selected is not None else select_models(Patterns(("*",)))
+        everything = Patterns(("*",), state.options.patterns.exclude)
+        names = state.selected if state.selected is not None else select_models(everything)
         with network_guard():
             rows = list_rows(names)
         writer = config.get_terminal_writer()
