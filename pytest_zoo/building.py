@@ -57,14 +57,32 @@ def builder_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
 
     Family defaults (e.g. ViT's small ``image_size``) come first, the caller's ``overrides`` win,
     and ``weights`` defaults to ``None`` so nothing is ever downloaded unless asked for.
+    ``weights=None`` alone is not offline for detection and segmentation builders: they default
+    ``weights_backbone`` to ImageNet weights and download them, so a builder that takes
+    ``weights_backbone`` gets ``None`` too.
     """
     family = find_family(name)
     kwargs: dict[str, Any] = dict(family.build_kwargs) if family else {}
     if family is not None:
         kwargs.update(family.inputs.size_kwargs())
     kwargs.setdefault("weights", None)
+    if _accepts(name, "weights_backbone"):
+        kwargs.setdefault("weights_backbone", None)
     kwargs.update(overrides)
     return kwargs
+
+
+def _accepts(name: str, parameter: str) -> bool:
+    """Whether the torchvision builder ``name`` declares ``parameter``; unknown names take nothing."""
+    import inspect
+
+    from torchvision.models import get_model_builder
+
+    try:
+        builder = get_model_builder(name)
+    except ValueError:
+        return False
+    return parameter in inspect.signature(builder).parameters
 
 
 def build_model(

@@ -15,7 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-__all__ = ["FAMILIES", "Family", "InputSpec", "family_for", "find_family"]
+__all__ = ["FAMILIES", "TASKS", "Family", "InputSpec", "family_for", "find_family", "task_of"]
+
+#: The tasks of the zoo, in the order torchvision documents them; ``--zoo-tasks`` accepts these.
+TASKS = ("classification", "detection", "segmentation", "video", "optical_flow", "quantized")
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,21 @@ class InputSpec:
     train_min_size: int | None = None
     #: How far above ``min_size`` generated inputs may go; bounded to keep CPU runs cheap.
     span: int = 32
+    #: Video only: the inclusive range of legal clip lengths ``T`` (S3D pools 2 frames after an
+    #: 8x temporal reduction; MViT's positional embedding is built for exactly 16).
+    frames: tuple[int, int] | None = None
+    #: A cap on generated batch sizes, for architectures whose only legal geometry is expensive.
+    max_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.min_size < 1 or self.multiple < 1 or self.span < 0:
             raise ValueError(f"invalid InputSpec {self!r}: sizes and multiples must be positive")
+        if self.frames is not None and not 1 <= self.frames[0] <= self.frames[1]:
+            raise ValueError(
+                f"invalid InputSpec {self!r}: frames must be a range (low, high), 1 <= low <= high"
+            )
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ValueError(f"invalid InputSpec {self!r}: max_batch must be positive")
         if (self.fixed is None) != (self.size_kwarg is None):
             raise ValueError(f"invalid InputSpec {self!r}: 'fixed' and 'size_kwarg' go together")
 
@@ -69,6 +83,10 @@ class Family:
     ``aux_heads`` are such layers that exist only in some configurations (GoogLeNet's ``aux1``,
     Inception's ``AuxLogits``) and are replaced when present. ``num_classes_attrs`` are plain
     attributes that record the class count and would otherwise go stale (SqueezeNet).
+    ``head_multiples`` names the heads whose output size is ``k * num_classes`` rather than
+    ``num_classes`` (a box regressor's 4 coordinates per class, RetinaNet's 9 anchors per class).
+    A family with no ``heads`` has no class head at all (RAFT); ``notes`` then says why, and
+    ``replace_head`` raises with that reason instead of guessing.
     """
 
     name: str
@@ -81,6 +99,20 @@ class Family:
     build_kwargs: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     task: str = "classification"
     notes: str = ""
+    head_multiples: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(
+                f"family {self.name!r}: unknown task {self.task!r}; tasks are {', '.join(TASKS)}"
+            )
+        unknown = set(self.head_multiples) - set(self.heads) - set(self.aux_heads)
+        if unknown:
+            raise ValueError(
+                f"family {self.name!r}: head_multiples names paths that are not heads: {unknown}"
+            )
+        if not self.heads and not self.notes:
+            raise ValueError(f"family {self.name!r} has no heads: say why in notes")
 
     def matches(self, builder: str) -> bool:
         return any(fnmatch.fnmatchcase(builder, pattern) for pattern in self.builders)
@@ -88,6 +120,30 @@ class Family:
 
 _TV = "torchvision.models"
 _SILENCE_INIT_WARNING = MappingProxyType({"init_weights": True})
+
+# Detection builds: small internal resize, few proposals and detections (the checks need shapes and
+# label ranges, not recall), and a score threshold of 0 so an untrained model still returns boxes
+# whose labels can be checked. None of these change a parameter shape.
+_DETECTION_INPUTS = InputSpec(32, span=32, max_batch=2)
+_RCNN_CHEAP = MappingProxyType(
+    {
+        "min_size": 64,
+        "max_size": 96,
+        "rpn_pre_nms_top_n_train": 64,
+        "rpn_post_nms_top_n_train": 32,
+        "rpn_pre_nms_top_n_test": 64,
+        "rpn_post_nms_top_n_test": 32,
+        "box_batch_size_per_image": 32,
+        "box_detections_per_img": 8,
+        "box_score_thresh": 0.0,
+    }
+)
+_ONE_STAGE_CHEAP = MappingProxyType(
+    {"min_size": 64, "max_size": 96, "score_thresh": 0.0, "detections_per_img": 8, "topk_candidates": 32}
+)
+_SSD_CHEAP = MappingProxyType({"score_thresh": 0.0, "detections_per_img": 8, "topk_candidates": 32})
+_SEGMENTATION_INPUTS = InputSpec(16, span=16)
+_WITH_AUX = MappingProxyType({"aux_loss": True})
 
 FAMILIES: tuple[Family, ...] = (
     Family("alexnet", ("alexnet",), f"{_TV}.alexnet.AlexNet", ("classifier.6",), inputs=InputSpec(63)),
@@ -168,7 +224,208 @@ FAMILIES: tuple[Family, ...] = (
         ("heads.head",),
         inputs=InputSpec(28, multiple=14, fixed=28, size_kwarg="image_size"),
     ),
+    # -- detection: inputs are lists of 3xHxW images, resized inside the model to min_size..max_size.
+    Family(
+        "faster_rcnn",
+        ("fasterrcnn_*",),
+        f"{_TV}.detection.faster_rcnn.FasterRCNN",
+        ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"),
+        head_multiples=MappingProxyType({"roi_heads.box_predictor.bbox_pred": 4}),
+        inputs=_DETECTION_INPUTS,
+        build_kwargs=_RCNN_CHEAP,
+        task="detection",
+        notes="num_classes counts __background__; bbox_pred regresses 4 coordinates per class",
+    ),
+    Family(
+        "mask_rcnn",
+        ("maskrcnn_*",),
+        f"{_TV}.detection.mask_rcnn.MaskRCNN",
+        (
+            "roi_heads.box_predictor.cls_score",
+            "roi_heads.box_predictor.bbox_pred",
+            "roi_heads.mask_predictor.mask_fcn_logits",
+        ),
+        head_multiples=MappingProxyType({"roi_heads.box_predictor.bbox_pred": 4}),
+        inputs=_DETECTION_INPUTS,
+        build_kwargs=_RCNN_CHEAP,
+        task="detection",
+    ),
+    Family(
+        "keypoint_rcnn",
+        ("keypointrcnn_*",),
+        f"{_TV}.detection.keypoint_rcnn.KeypointRCNN",
+        ("roi_heads.box_predictor.cls_score", "roi_heads.box_predictor.bbox_pred"),
+        head_multiples=MappingProxyType({"roi_heads.box_predictor.bbox_pred": 4}),
+        inputs=_DETECTION_INPUTS,
+        build_kwargs=_RCNN_CHEAP,
+        task="detection",
+        notes="roi_heads.keypoint_predictor depends on num_keypoints, not num_classes: not a class head",
+    ),
+    Family(
+        "retinanet",
+        ("retinanet_*",),
+        f"{_TV}.detection.retinanet.RetinaNet",
+        ("head.classification_head.cls_logits",),
+        num_classes_attrs=("head.classification_head.num_classes",),
+        head_multiples=MappingProxyType({"head.classification_head.cls_logits": 9}),
+        inputs=_DETECTION_INPUTS,
+        build_kwargs=_ONE_STAGE_CHEAP,
+        task="detection",
+        notes="9 anchors (3 sizes x 3 ratios) per location, one logit per anchor and class",
+    ),
+    Family(
+        "fcos",
+        ("fcos_*",),
+        f"{_TV}.detection.fcos.FCOS",
+        ("head.classification_head.cls_logits",),
+        num_classes_attrs=("head.classification_head.num_classes",),
+        inputs=_DETECTION_INPUTS,
+        build_kwargs=_ONE_STAGE_CHEAP,
+        task="detection",
+    ),
+    # ssdlite first: its heads sit one level deeper (Sequential(conv-norm-act, Conv2d)), so the
+    # ssd300 adapter, whose paths name those Sequentials, must not be the one tried first.
+    Family(
+        "ssdlite",
+        ("ssdlite320_*",),
+        f"{_TV}.detection.ssd.SSD",
+        tuple(f"head.classification_head.module_list.{i}.1" for i in range(6)),
+        num_classes_attrs=("head.classification_head.num_columns",),
+        head_multiples=MappingProxyType({f"head.classification_head.module_list.{i}.1": 6 for i in range(6)}),
+        inputs=_DETECTION_INPUTS,
+        build_kwargs=_SSD_CHEAP,
+        task="detection",
+        notes="resizes every image to 320x320 inside the model; 6 anchors per location at every level",
+    ),
+    Family(
+        "ssd",
+        ("ssd300_*",),
+        f"{_TV}.detection.ssd.SSD",
+        tuple(f"head.classification_head.module_list.{i}" for i in range(6)),
+        num_classes_attrs=("head.classification_head.num_columns",),
+        head_multiples=MappingProxyType(
+            {f"head.classification_head.module_list.{i}": k for i, k in enumerate((4, 6, 6, 6, 4, 4))}
+        ),
+        inputs=_DETECTION_INPUTS,
+        build_kwargs=_SSD_CHEAP,
+        task="detection",
+        notes="resizes every image to 300x300 inside the model; 4 or 6 anchors per location by level",
+    ),
+    # -- segmentation: outputs are {"out": (B, n, H, W), "aux": ...}; aux_loss=True builds the aux head.
+    Family(
+        "fcn",
+        ("fcn_*",),
+        f"{_TV}.segmentation.fcn.FCN",
+        ("classifier.4",),
+        aux_heads=("aux_classifier.4",),
+        inputs=_SEGMENTATION_INPUTS,
+        build_kwargs=_WITH_AUX,
+        task="segmentation",
+    ),
+    Family(
+        "deeplabv3",
+        ("deeplabv3_*",),
+        f"{_TV}.segmentation.deeplabv3.DeepLabV3",
+        ("classifier.4",),
+        aux_heads=("aux_classifier.4",),
+        inputs=_SEGMENTATION_INPUTS,
+        build_kwargs=_WITH_AUX,
+        task="segmentation",
+        notes="ASPP pools to 1x1 before a BatchNorm: train mode needs batches of 2",
+    ),
+    Family(
+        "lraspp",
+        ("lraspp_*",),
+        f"{_TV}.segmentation.lraspp.LRASPP",
+        ("classifier.low_classifier", "classifier.high_classifier"),
+        inputs=_SEGMENTATION_INPUTS,
+        task="segmentation",
+        notes="no aux head; the low- and high-resolution branches each end in a class conv",
+    ),
+    # -- video: inputs are (B, 3, T, H, W).
+    Family(
+        "video_resnet",
+        ("r3d_18", "mc3_18", "r2plus1d_18"),
+        f"{_TV}.video.resnet.VideoResNet",
+        ("fc",),
+        inputs=InputSpec(16, span=16, frames=(1, 4)),
+        task="video",
+    ),
+    Family(
+        "s3d",
+        ("s3d",),
+        f"{_TV}.video.s3d.S3D",
+        ("classifier.1",),
+        inputs=InputSpec(224, span=0, frames=(14, 16), max_batch=2),
+        task="video",
+        notes="AvgPool3d((2, 7, 7)) after a 32x spatial and 8x temporal reduction: 224 pixels, 14 frames",
+    ),
+    Family(
+        "mvit",
+        ("mvit_v*",),
+        f"{_TV}.video.mvit.MViT",
+        ("head.1",),
+        inputs=InputSpec(224, span=0, frames=(16, 16), max_batch=1),
+        task="video",
+        notes="the builders fix spatial_size=(224, 224), temporal_size=16 and reject overrides",
+    ),
+    Family(
+        "swin3d",
+        ("swin3d_*",),
+        f"{_TV}.video.swin_transformer.SwinTransformer3d",
+        ("head",),
+        inputs=InputSpec(16, span=16, frames=(1, 4)),
+        task="video",
+        notes="pads to its (2, 4, 4) patches and (8, 7, 7) windows, so small clips are legal",
+    ),
+    # -- optical flow.
+    Family(
+        "raft",
+        ("raft_*",),
+        f"{_TV}.optical_flow.raft.RAFT",
+        (),
+        inputs=InputSpec(128, multiple=8, span=16, max_batch=2),
+        task="optical_flow",
+        notes="RAFT predicts flow, not classes: it has no class head and its builders take no num_classes",
+    ),
 )
+
+
+def _quantized(float_family: str, module: str, cls: str) -> Family:
+    """The row of a ``quantized_*`` builder: its float family's heads and geometry, task ``quantized``.
+
+    The row describes the float model the builder returns with ``quantize=False``; the checks also
+    convert it (``quantize=True``, CPU only) and check the converted model's head and outputs.
+    """
+    base = next(family for family in FAMILIES if family.name == float_family)
+    return Family(
+        f"quantized_{base.name}",
+        tuple(f"quantized_{pattern}" for pattern in base.builders if not pattern.startswith("wide_")),
+        f"{_TV}.quantization.{module}.{cls}",
+        base.heads,
+        aux_heads=base.aux_heads,
+        num_classes_attrs=base.num_classes_attrs,
+        inputs=base.inputs,
+        build_kwargs=MappingProxyType({**base.build_kwargs, "quantize": False}),
+        task="quantized",
+    )
+
+
+FAMILIES = (
+    *FAMILIES,
+    _quantized("googlenet", "googlenet", "QuantizableGoogLeNet"),
+    _quantized("inception", "inception", "QuantizableInception3"),
+    _quantized("mobilenet_v2", "mobilenetv2", "QuantizableMobileNetV2"),
+    _quantized("mobilenet_v3", "mobilenetv3", "QuantizableMobileNetV3"),
+    _quantized("resnet", "resnet", "QuantizableResNet"),
+    _quantized("shufflenet_v2", "shufflenetv2", "QuantizableShuffleNetV2"),
+)
+
+
+def task_of(builder: str) -> str:
+    """The task of builder ``name``; a builder with no row is assumed to be a classifier."""
+    family = find_family(builder)
+    return family.task if family is not None else "classification"
 
 
 def find_family(builder: str) -> Family | None:
