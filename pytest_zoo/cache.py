@@ -1,0 +1,307 @@
+"""A per-session model cache: build each model once, restore it between examples, free it after.
+
+Rebuilding a model for every Hypothesis example is what makes a naive zoo suite take an hour: a
+random init of regnet_y_128gf alone costs seconds. The checks never need a *new* model, only a
+model in its *as-built state*, and that state is small next to the weights: the module tree
+(which head is installed), ``requires_grad`` flags, train/eval flags, hooks, plain attributes
+and the buffers (BatchNorm running statistics). :class:`ModelState` records exactly that and puts
+it back in milliseconds; the weights themselves are shared, never copied.
+
+What a snapshot cannot restore it detects instead: a parameter changed in place (an optimiser
+step, ``.data = ...``, ``.half()``) makes :meth:`ModelCache.restore` rebuild the model, so a check
+never sees another check's leftovers.
+
+Memory stays bounded by the largest model rather than the sum, because the cache keeps the models
+of one zoo name at a time: asking for another name releases the previous one first, and the plugin
+orders items so that each model's checks run back to back and releases after the last of them.
+
+The head oracle lives here too. The checks compare heads against torchvision's builder called
+with ``num_classes=n`` for many ``n``; :class:`HeadOracle` builds it (structurally) at two probe
+class counts once per model, derives every class-dependent dimension as an affine function of
+``n``, verifies that derivation against one real builder call at a drawn ``n``, and falls back to
+a real build per ``n`` for any model where the derivation does not hold.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["CacheStats", "HeadOracle", "ModelCache", "ModelState", "active_cache", "reset_active_cache"]
+
+Shapes = dict[str, tuple[int, ...]]
+
+#: ``Tensor`` attributes where ``register_hook`` and friends keep per-parameter hooks.
+_PARAMETER_HOOK_ATTRS = ("_backward_hooks", "_post_accumulate_grad_hooks")
+
+
+def _copy_value(value: object) -> object:
+    """Shallow-copy the containers a module keeps in ``__dict__`` (children, hooks, parameters)."""
+    if isinstance(value, dict):
+        return value.copy()  # OrderedDict.copy() stays an OrderedDict
+    if isinstance(value, list | set):
+        return value.copy()
+    return value
+
+
+def _fingerprint(tensor: torch.Tensor) -> tuple[object, ...]:
+    """What changes when a tensor's values may have changed: its version, storage, dtype, device."""
+    storage = 0 if tensor.device.type == "meta" else tensor.untyped_storage().data_ptr()
+    return (tensor._version, storage, tensor.dtype, tensor.device, tuple(tensor.shape))
+
+
+@dataclass
+class ModelState:
+    """The as-built state of one model, minus its weights, and how to put it back.
+
+    ``restore`` returns ``False`` (and changes nothing) when a parameter was modified in place,
+    because the original values are gone; the caller must then rebuild.
+    """
+
+    modules: list[tuple[nn.Module, type[nn.Module], dict[str, object]]]
+    parameters: list[tuple[nn.Parameter, bool, tuple[object, ...], dict[str, object]]]
+    #: ``[buffer, as-built copy, buffer version when last in its as-built state]``
+    buffers: list[list[Any]]
+
+    @classmethod
+    def capture(cls, model: nn.Module) -> ModelState:
+        # The class too: torch.nn.utils.parametrize swaps a module's class when it registers one.
+        modules = [
+            (module, type(module), {k: _copy_value(v) for k, v in vars(module).items()})
+            for module in model.modules()
+        ]
+        parameters = []
+        for parameter in model.parameters():
+            hooks = {
+                a: _copy_value(getattr(parameter, a)) for a in _PARAMETER_HOOK_ATTRS if hasattr(parameter, a)
+            }
+            parameters.append((parameter, parameter.requires_grad, _fingerprint(parameter), hooks))
+        buffers = [[buffer, buffer.detach().clone(), buffer._version] for buffer in model.buffers()]
+        return cls(modules, parameters, buffers)
+
+    def intact(self) -> bool:
+        """Whether every parameter still holds its as-built values (nothing wrote to it in place)."""
+        return all(_fingerprint(p) == fingerprint for p, _, fingerprint, _ in self.parameters)
+
+    def restore(self) -> bool:
+        if not self.intact():
+            return False
+        for module, cls, saved in self.modules:
+            if type(module) is not cls:
+                module.__class__ = cls
+            current = vars(module)
+            current.clear()
+            current.update({k: _copy_value(v) for k, v in saved.items()})
+        for parameter, requires_grad, _, hooks in self.parameters:
+            parameter.requires_grad_(requires_grad)
+            parameter.grad = None
+            for attr, value in hooks.items():
+                setattr(parameter, attr, _copy_value(value))
+        with torch.no_grad():
+            for record in self.buffers:
+                buffer, saved_value, version = record
+                if buffer._version != version:  # written since (BatchNorm statistics in train mode)
+                    buffer.copy_(saved_value)
+                    record[2] = buffer._version
+        return True
+
+
+@dataclass
+class HeadOracle:
+    """Torchvision's builder as the oracle for head shapes, at any class count, cheaply.
+
+    ``build(n)`` must build the reference model with ``n`` classes (structurally: it is only ever
+    asked for shapes). Two probe builds give the class-dependent parameters (:attr:`head_names`)
+    and, per dimension, the affine rule ``size = a * n + b``; the first other ``n`` asked for is
+    built for real and compared, and only when that agrees are further shapes derived.
+    """
+
+    build: Callable[[int], nn.Module]
+    probe: int = 3
+    builds: int = 0
+    on_build: Callable[[], None] | None = None
+    _probes: dict[int, tuple[Shapes, Shapes]] = field(default_factory=dict)
+    _verified: bool | None = None  # None: not yet checked against a real build
+    _real: dict[int, Shapes] = field(default_factory=dict)
+
+    def _build(self, n: int) -> tuple[Shapes, Shapes]:
+        if n not in self._probes:
+            model = self.build(n)
+            self.builds += 1
+            if self.on_build is not None:
+                self.on_build()
+            state = {k: tuple(t.shape) for k, t in model.state_dict().items()}
+            params = {k: tuple(p.shape) for k, p in model.named_parameters()}
+            self._probes[n] = (state, params)
+        return self._probes[n]
+
+    @property
+    def head_names(self) -> set[str]:
+        """Names of the parameters whose shape depends on the class count: the head, by definition."""
+        a, b = self._build(self.probe)[1], self._build(self.probe + 1)[1]
+        return {name for name in a if b.get(name) != a[name]}
+
+    def _derive(self, n: int) -> Shapes | None:
+        low, high = self._build(self.probe)[0], self._build(self.probe + 1)[0]
+        if low.keys() != high.keys():
+            return None  # the class count adds or removes tensors: nothing to interpolate
+        derived: Shapes = {}
+        for key, shape in low.items():
+            other = high[key]
+            if len(other) != len(shape):
+                return None
+            derived[key] = tuple(
+                s if s == t else (t - s) * n + s - (t - s) * self.probe
+                for s, t in zip(shape, other, strict=True)
+            )
+        return derived
+
+    def shapes(self, n: int) -> Shapes:
+        """The state_dict shapes of ``builder(num_classes=n)``."""
+        if n in self._probes:
+            return dict(self._probes[n][0])
+        if self._verified is None:
+            real = self._build(n)[0]
+            self._verified = self._derive(n) == real
+            return dict(real)
+        derived = self._derive(n) if self._verified else None
+        return derived if derived is not None else dict(self._build(n)[0])
+
+
+@dataclass
+class CacheStats:
+    """What the cache did, for the terminal summary and for tests that assert on reuse."""
+
+    builds: int = 0
+    hits: int = 0
+    restores: int = 0
+    rebuilds: int = 0
+    releases: int = 0
+    oracle_builds: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.builds} model build(s), {self.hits} reuse(s), {self.restores} restore(s), "
+            f"{self.rebuilds} rebuild(s) after in-place changes, {self.oracle_builds} oracle build(s)"
+        )
+
+
+@dataclass
+class _Entry:
+    group: str
+    model: nn.Module
+    state: ModelState
+    build: Callable[[], nn.Module]
+
+
+class ModelCache:
+    """Models built once per (hook, name, device), handed out in their as-built state.
+
+    ``group`` is the zoo model name an entry belongs to: the cache keeps one group at a time, so
+    moving on to the next model frees the previous one before anything new is built.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, _Entry] = {}
+        self._by_id: dict[int, Hashable] = {}
+        self._oracles: dict[Hashable, tuple[str, HeadOracle]] = {}
+        self.stats = CacheStats()
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def groups(self) -> set[str]:
+        """The zoo names whose models (or oracles) are held right now."""
+        return {e.group for e in self._entries.values()} | {g for g, _ in self._oracles.values()}
+
+    def get(self, key: Hashable, build: Callable[[], nn.Module], *, group: str) -> nn.Module:
+        """The model for ``key`` in its as-built state; built by ``build()`` on first use."""
+        self.release(keep=group)
+        entry = self._entries.get(key)
+        if entry is not None:
+            self.stats.hits += 1
+            return self._restore(key, entry)
+        model = build()
+        self.stats.builds += 1
+        self._entries[key] = _Entry(group, model, ModelState.capture(model), build)
+        self._by_id[id(model)] = key
+        return model
+
+    def restore(self, model: nn.Module) -> nn.Module:
+        """Put a cached ``model`` back in its as-built state; a model the cache does not hold is
+        returned unchanged. The result may be a new object (see :class:`ModelState`): use it."""
+        key = self._by_id.get(id(model))
+        entry = self._entries.get(key) if key is not None else None
+        if entry is None or entry.model is not model:
+            return model
+        return self._restore(key, entry)
+
+    def _restore(self, key: Hashable, entry: _Entry) -> nn.Module:
+        if entry.state.restore():
+            self.stats.restores += 1
+            return entry.model
+        self.stats.rebuilds += 1
+        self._by_id.pop(id(entry.model), None)
+        model = entry.build()
+        self._entries[key] = _Entry(entry.group, model, ModelState.capture(model), entry.build)
+        self._by_id[id(model)] = key
+        return model
+
+    def oracle(self, key: Hashable, build: Callable[[int], nn.Module], *, group: str) -> HeadOracle:
+        """The :class:`HeadOracle` for ``key``, kept as long as the group's models are."""
+        self.release(keep=group)
+        held = self._oracles.get(key)
+        if held is None:
+            held = self._oracles[key] = (group, HeadOracle(build, on_build=self._count_oracle_build))
+        return held[1]
+
+    def _count_oracle_build(self) -> None:
+        self.stats.oracle_builds += 1
+
+    def release(self, keep: str | None = None) -> int:
+        """Drop every model and oracle not in group ``keep`` and return the memory; how many went."""
+        gone = [k for k, e in self._entries.items() if e.group != keep]
+        for key in gone:
+            self._by_id.pop(id(self._entries.pop(key).model), None)
+        stale = [k for k, (g, _) in self._oracles.items() if g != keep]
+        for key in stale:
+            del self._oracles[key]
+        if gone:
+            self.stats.releases += len(gone)
+            gc.collect()  # modules form reference cycles (hooks, parents): free them now, not later
+            if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+                torch.cuda.empty_cache()
+        return len(gone)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(list(self._entries))
+
+
+_ACTIVE: ModelCache | None = None
+
+
+def active_cache() -> ModelCache:
+    """The cache of the running pytest session (one per process, so one per xdist worker)."""
+    global _ACTIVE
+    if _ACTIVE is None:
+        _ACTIVE = ModelCache()
+    return _ACTIVE
+
+
+def reset_active_cache() -> CacheStats | None:
+    """Release everything and start a fresh cache; returns the old cache's stats (or ``None``)."""
+    global _ACTIVE
+    old, _ACTIVE = _ACTIVE, None
+    if old is None:
+        return None
+    old.release()
+    return old.stats
