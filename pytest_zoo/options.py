@@ -6,14 +6,24 @@ bad value and what is valid, before a single model is built.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from .families import TASKS
 from .selection import Patterns, SelectionError, parse_patterns
 
-__all__ = ["DEFAULT_EXAMPLES", "ZooOptions", "add_options", "read_options"]
+__all__ = [
+    "DEFAULT_EXAMPLES",
+    "SnapshotOptions",
+    "ZooOptions",
+    "add_options",
+    "read_options",
+    "read_snapshot_options",
+]
 
 DEFAULT_EXAMPLES = 3
 _DEVICE = re.compile(r"^(auto|cpu|meta|mps|cuda(:\d+)?)$")
@@ -24,11 +34,13 @@ class ZooOptions:
     patterns: Patterns
     device: str
     examples: int
+    #: ``--zoo-tasks``: only models of these tasks are selected; empty means every task.
+    tasks: tuple[str, ...] = ()
 
     @property
     def requested(self) -> bool:
         """Whether the user asked for zoo models at all; nothing heavy happens otherwise."""
-        return bool(self.patterns.include)
+        return bool(self.patterns.include or self.tasks)
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -41,6 +53,12 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--zoo-exclude", metavar="PATTERNS", help="comma-separated globs to leave out. ini: zoo_exclude."
+    )
+    group.addoption(
+        "--zoo-tasks",
+        metavar="TASKS",
+        help=f"only check models of these tasks, comma-separated: {', '.join(TASKS)}. "
+        "Without --zoo-models, every model of those tasks. ini: zoo_tasks.",
     )
     group.addoption(
         "--zoo-device",
@@ -60,10 +78,25 @@ def add_options(parser: pytest.Parser) -> None:
         help="print the selected models (all without --zoo-models) as a table: task, family, head, "
         "parameters, classes, weights; then exit without running tests.",
     )
+    group.addoption(
+        "--zoo-snapshot",
+        metavar="PATH",
+        help="compare every selected model (all without --zoo-models) with this upgrade snapshot "
+        "file; one test per model. ini: zoo_snapshot.",
+    )
+    group.addoption(
+        "--zoo-snapshot-update",
+        action="store_true",
+        default=False,
+        help="record the selected models into the --zoo-snapshot file instead of comparing; other "
+        "entries are kept, entries of models torchvision no longer has are removed.",
+    )
     parser.addini("zoo_models", "zoo models to check (globs, comma-separated)", default="")
     parser.addini("zoo_exclude", "zoo models to leave out (globs, comma-separated)", default="")
+    parser.addini("zoo_tasks", f"zoo tasks to check, comma-separated ({', '.join(TASKS)})", default="")
     parser.addini("zoo_device", "device for the zoo checks", default="auto")
     parser.addini("zoo_examples", "Hypothesis examples per zoo check", default=str(DEFAULT_EXAMPLES))
+    parser.addini("zoo_snapshot", "upgrade snapshot file, relative to the ini file", default="")
 
 
 def _value(config: pytest.Config, name: str) -> tuple[str, str]:
@@ -105,7 +138,29 @@ def read_options(config: pytest.Config) -> ZooOptions:
             f"{examples_src}={examples_text!r} is not a positive whole number of Hypothesis examples "
             f"(default {DEFAULT_EXAMPLES})."
         )
-    return ZooOptions(patterns=patterns, device=device, examples=examples)
+    tasks = read_tasks(config)
+    if tasks and not patterns.include:
+        patterns = Patterns(("*",), patterns.exclude)
+    return ZooOptions(patterns=patterns, device=device, examples=examples, tasks=tasks)
+
+
+def read_tasks(config: pytest.Config) -> tuple[str, ...]:
+    """``--zoo-tasks``/``zoo_tasks`` as a tuple of known task names; a typo is a usage error."""
+    text, source = _value(config, "zoo_tasks")
+    if config.getoption("zoo_tasks") is not None and not text.strip():
+        raise pytest.UsageError(f"--zoo-tasks is empty. Give comma-separated tasks from: {', '.join(TASKS)}.")
+    if not text.strip():
+        return ()
+    tasks = [item.strip().replace("-", "_") for item in text.split(",")]
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown:
+        close = {task: difflib.get_close_matches(task, TASKS, n=1) for task in unknown}
+        hints = "".join(f" ({task!r}: did you mean {m[0]!r}?)" for task, m in close.items() if m)
+        raise pytest.UsageError(
+            f"{source}={text!r}: unknown task(s) {', '.join(map(repr, unknown))}.{hints} "
+            f"Valid tasks: {', '.join(TASKS)}."
+        )
+    return tuple(dict.fromkeys(tasks))
 
 
 def check_conflicts(config: pytest.Config, options: ZooOptions) -> None:
@@ -131,6 +186,40 @@ def check_conflicts(config: pytest.Config, options: ZooOptions) -> None:
             "selected. Add the models to check, e.g. --zoo-models='*' --zoo-exclude='vgg*', "
             "or drop the exclusion."
         )
+
+
+@dataclass(frozen=True)
+class SnapshotOptions:
+    path: Path
+    update: bool
+    #: Where the path came from (``--zoo-snapshot`` or the ini key), for error messages.
+    source: str
+
+
+def read_snapshot_options(config: pytest.Config) -> SnapshotOptions | None:
+    """The snapshot file and mode, or ``None`` when no snapshot was asked for.
+
+    A command-line path is relative to where pytest was invoked, an ini path to the ini file, as
+    a user reading either would expect.
+    """
+    update = bool(config.getoption("zoo_snapshot_update"))
+    cli = config.getoption("zoo_snapshot")
+    if cli is not None:
+        if not str(cli).strip():
+            raise pytest.UsageError(
+                "--zoo-snapshot is empty. Give a file path, e.g. --zoo-snapshot=zoo-snapshot.json"
+            )
+        return SnapshotOptions(config.invocation_params.dir / str(cli), update, "--zoo-snapshot")
+    ini = str(config.getini("zoo_snapshot")).strip()
+    if ini:
+        base = config.inipath.parent if config.inipath is not None else config.rootpath
+        return SnapshotOptions(base / ini, update, "ini option zoo_snapshot")
+    if update:
+        raise pytest.UsageError(
+            "--zoo-snapshot-update needs a file to write: add --zoo-snapshot=PATH "
+            "(or the zoo_snapshot ini key)."
+        )
+    return None
 
 
 def resolve_device(spec: str) -> str:

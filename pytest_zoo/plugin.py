@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from .options import ZooOptions, add_options, check_conflicts, read_options, resolve_device
+from .options import (
+    ZooOptions,
+    add_options,
+    check_conflicts,
+    read_options,
+    read_snapshot_options,
+    resolve_device,
+)
 from .selection import SelectionError, parse_patterns, select_models
 
 if TYPE_CHECKING:
@@ -53,6 +60,8 @@ def pytest_configure(config: pytest.Config) -> None:
             selected = select_models(options.patterns)
         except SelectionError as exc:
             raise pytest.UsageError(str(exc)) from None
+        if options.tasks:
+            selected = _select_tasks(selected, options.tasks)
     config.stash[STATE_KEY] = ZooState(options=options, selected=selected)
     check_conflicts(config, options)
     # A device this machine lacks is a usage error now, not a fixture error in every test later;
@@ -61,6 +70,25 @@ def pytest_configure(config: pytest.Config) -> None:
     from .reliability import ZooReliability
 
     config.pluginmanager.register(ZooReliability(device), "pytest-zoo-reliability")
+    snapshot = read_snapshot_options(config)
+    if snapshot is not None:  # the snapshot hooks exist only in runs that asked for a snapshot
+        from .snapshot_plugin import register
+
+        register(config, snapshot)
+
+
+def _select_tasks(names: list[str], tasks: tuple[str, ...]) -> list[str]:
+    """The models among ``names`` whose family row has one of ``tasks``; none left is a usage error."""
+    from .families import task_of
+
+    kept = [name for name in names if task_of(name) in tasks]
+    if not kept:
+        found = sorted({task_of(name) for name in names})
+        raise pytest.UsageError(
+            f"--zoo-tasks={','.join(tasks)} leaves no model: the {len(names)} model(s) selected by the "
+            f"patterns are of task(s) {', '.join(found)}. Widen --zoo-models or change --zoo-tasks."
+        )
+    return kept
 
 
 @pytest.hookimpl(tryfirst=True)
