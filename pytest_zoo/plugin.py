@@ -136,8 +136,9 @@ def pytest_collection_modifyitems(
     if _state(config).selected is None:
         return
     module = pytest.Module.from_parent(session, path=SUITE_PATH, nodeid=SUITE_NODEID)
-    suite = pytest.Class.from_parent(module, name="TestZoo")
-    items.extend(item for item in session.genitems(suite) if isinstance(item, pytest.Item))
+    for name in ("TestZoo", "TestZooWeights"):
+        suite = pytest.Class.from_parent(module, name=name)
+        items.extend(item for item in session.genitems(suite) if isinstance(item, pytest.Item))
 
 
 def _is_conformance_class(cls: type | None) -> bool:
@@ -146,6 +147,14 @@ def _is_conformance_class(cls: type | None) -> bool:
     from .checks import ZooConformance  # only for classes that could be one; checks imports torch
 
     return issubclass(cls, ZooConformance)
+
+
+def _is_weights_class(cls: type | None) -> bool:
+    if cls is None:
+        return False
+    from .weights import WeightsConformance  # imports torch, like checks
+
+    return issubclass(cls, WeightsConformance)
 
 
 def _class_models(cls: type) -> list[str]:
@@ -167,7 +176,7 @@ def _class_models(cls: type) -> list[str]:
 
 def _models_for(config: pytest.Config, cls: type | None) -> list[str]:
     state = _state(config)
-    if not (_is_conformance_class(cls) and getattr(cls, "models", ())):
+    if not ((_is_conformance_class(cls) or _is_weights_class(cls)) and getattr(cls, "models", ())):
         return list(state.selected or [])
     assert cls is not None
     try:
@@ -177,11 +186,14 @@ def _models_for(config: pytest.Config, cls: type | None) -> list[str]:
     if state.selected is None:
         return names
     wanted = state.options.patterns
+    from .families import task_of
+
     return [
         n
         for n in names
         if any(fnmatch.fnmatchcase(n, p) for p in wanted.include)
         and not any(fnmatch.fnmatchcase(n, p) for p in wanted.exclude)
+        and (not state.options.tasks or task_of(n) in state.options.tasks)
     ]
 
 
@@ -190,7 +202,28 @@ def _argnames(mark: pytest.Mark) -> list[str]:
     return [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
 
 
+def _parametrize_weights(metafunc: pytest.Metafunc) -> None:
+    """``zoo_weights``: one id per weights enum member of the selected models (``resnet50-IMAGENET1K_V2``)."""
+    if any("zoo_weights" in _argnames(m) for m in metafunc.definition.iter_markers("parametrize")):
+        return
+    names = _models_for(metafunc.config, metafunc.cls)
+    if not names:
+        reason = "no zoo models selected: pass --zoo-models=PATTERNS (or set the zoo_models ini key)"
+        metafunc.parametrize(
+            "zoo_weights", [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-zoo-models")]
+        )
+        return
+    from .weights import weights_cases
+
+    cases = weights_cases(names)
+    metafunc.parametrize(
+        "zoo_weights", [pytest.param(c.id, marks=pytest.mark.zoo(c.model), id=c.id) for c in cases]
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "zoo_weights" in metafunc.fixturenames:
+        _parametrize_weights(metafunc)
     if "zoo_model_name" not in metafunc.fixturenames:
         return
     if any("zoo_model_name" in _argnames(m) for m in metafunc.definition.iter_markers("parametrize")):
