@@ -6,7 +6,12 @@ whatever the user's ``python_files``/``python_classes`` settings are.
 """
 
 from pytest_zoo.checks import ZooConformance
+from pytest_zoo.weights import WeightsConformance
 
 
 class TestZoo(ZooConformance):
     """Every selected torchvision builder, built offline with the kit's adapters."""
+
+
+class TestZooWeights(WeightsConformance):
+    """Every weights enum of the selected builders: metadata, transforms, and offline loading."""
