@@ -60,18 +60,34 @@ def _flags(torch: Any) -> dict[str, object]:
 
 
 def _set_flags(torch: Any, flags: Mapping[str, object]) -> None:
+    """Set back only the switches that differ: some setters are costly (``use_deterministic_algorithms``
+    imports torch._inductor, seconds on a small machine), and most tests change nothing."""
+    current = _flags(torch)
+    changed = {name for name, value in flags.items() if current.get(name) != value}
     backends = torch.backends
-    torch.set_default_dtype(flags["torch default dtype"])
-    torch.set_grad_enabled(flags["torch grad mode (torch.is_grad_enabled())"])
-    torch.use_deterministic_algorithms(
-        flags["torch.are_deterministic_algorithms_enabled()"],
-        warn_only=flags["torch.is_deterministic_algorithms_warn_only_enabled()"],
-    )
-    backends.cudnn.deterministic = flags["torch.backends.cudnn.deterministic"]
-    backends.cudnn.benchmark = flags["torch.backends.cudnn.benchmark"]
-    backends.cudnn.allow_tf32 = flags["torch.backends.cudnn.allow_tf32"]
-    backends.cuda.matmul.allow_tf32 = flags["torch.backends.cuda.matmul.allow_tf32"]
-    torch.set_float32_matmul_precision(flags["torch.get_float32_matmul_precision()"])
+    if "torch default dtype" in changed:
+        torch.set_default_dtype(flags["torch default dtype"])
+    if "torch grad mode (torch.is_grad_enabled())" in changed:
+        torch.set_grad_enabled(flags["torch grad mode (torch.is_grad_enabled())"])
+    if changed & {
+        "torch.are_deterministic_algorithms_enabled()",
+        "torch.is_deterministic_algorithms_warn_only_enabled()",
+    }:
+        torch.use_deterministic_algorithms(
+            flags["torch.are_deterministic_algorithms_enabled()"],
+            warn_only=flags["torch.is_deterministic_algorithms_warn_only_enabled()"],
+        )
+    attributes = {
+        "torch.backends.cudnn.deterministic": (backends.cudnn, "deterministic"),
+        "torch.backends.cudnn.benchmark": (backends.cudnn, "benchmark"),
+        "torch.backends.cudnn.allow_tf32": (backends.cudnn, "allow_tf32"),
+        "torch.backends.cuda.matmul.allow_tf32": (backends.cuda.matmul, "allow_tf32"),
+    }
+    for name, (owner, attribute) in attributes.items():
+        if name in changed:
+            setattr(owner, attribute, flags[name])
+    if "torch.get_float32_matmul_precision()" in changed:
+        torch.set_float32_matmul_precision(flags["torch.get_float32_matmul_precision()"])
 
 
 @dataclass
@@ -153,9 +169,22 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The exception at the bottom of an explicit ``raise ... from`` chain.
+
+    The checks wrap what a model raised in a ``ConformanceFailure`` that says which hook and inputs
+    were involved; whether it was an out-of-memory or a missing adapter is in the cause.
+    """
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` (or every exception in a group) is an allocation failure, on any device."""
-    leaves = list(_leaves(exc))
+    leaves = [_root_cause(e) for e in _leaves(exc)]
     torch = _torch()
     oom_types: tuple[type[BaseException], ...] = (MemoryError,)
     if torch is not None and hasattr(torch, "OutOfMemoryError"):
@@ -172,9 +201,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def _release_memory(exc: BaseException) -> None:
     """Drop the tensors that the failed frames still reference, then give cached memory back."""
-    for e in _leaves(exc):
-        if e.__traceback__ is not None:
-            traceback.clear_frames(e.__traceback__)
+    for leaf in _leaves(exc):
+        e: BaseException | None = leaf
+        while e is not None:
+            if e.__traceback__ is not None:
+                traceback.clear_frames(e.__traceback__)
+            e = e.__cause__ if e.__cause__ is not e else None
     gc.collect()
     torch = _torch()
     if torch is not None and torch.cuda.is_initialized():
@@ -195,10 +227,11 @@ def _one_line(text: str) -> str:
 
 def classify(exc: BaseException, model: str, device: str, phase: str) -> Fault | None:
     """The precise outcome for a per-model failure, or ``None`` to let ``exc`` through unchanged."""
-    from .heads import NoAdapterError  # heads imports torch; only reached once a zoo test failed
-
-    leaves = list(_leaves(exc))
-    if leaves and all(isinstance(e, NoAdapterError) for e in leaves):
+    # A NoAdapterError can only exist once heads (and so torch) is loaded: never import it here.
+    heads = sys.modules.get(f"{__package__}.heads")
+    no_adapter: tuple[type[BaseException], ...] = (heads.NoAdapterError,) if heads is not None else ()
+    leaves = [_root_cause(e) for e in _leaves(exc)]
+    if leaves and no_adapter and all(isinstance(e, no_adapter) for e in leaves):
         return Fault(skip_reason=f"{model}: no head adapter: {_one_line(str(leaves[0]))}")
     if is_out_of_memory(exc):
         first = _one_line(str(leaves[0]))[:300] or type(leaves[0]).__name__

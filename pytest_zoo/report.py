@@ -9,6 +9,7 @@ summary is computed from the reports alone, so it is the same with and without `
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ PROPERTY_KEYS = ("model", "task", "family")
 
 
 def _version(dist: str) -> str:
+    """The loaded module's ``__version__`` (it has the build tag, e.g. ``+cu130``), else metadata."""
+    module = sys.modules.get(dist)
+    if module is not None and isinstance(getattr(module, "__version__", None), str):
+        return str(module.__version__)
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -41,7 +46,7 @@ def _version(dist: str) -> str:
 def header_line(selected: int, device: str, requested_device: str) -> str:
     """``zoo: 3 model(s) selected, device cpu (auto), torch 2.14.1, torchvision 0.29.1``.
 
-    Versions come from package metadata, which costs nothing, rather than from importing torch.
+    Versions never import anything: torch is loaded already whenever models are selected.
     """
     how = f" ({requested_device})" if requested_device != device else ""
     return (
