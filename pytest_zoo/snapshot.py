@@ -552,20 +552,38 @@ def _summary(tensor: torch.Tensor) -> list[float | str]:
     return [_round(float(mean)), _round(float(std))]
 
 
-def _fingerprint(name: str, kwargs: dict[str, Any], inputs: list[tuple[int, ...]] | None) -> dict[str, Any]:
-    """Seeded real build: mean/std of every state_dict tensor, and of the features entering the head."""
+def _head_paths(model: nn.Module) -> list[str] | None:
+    """The model's head layers per its adapter; ``None`` without an adapter or a replaceable head."""
+    from .heads import find_adapter
+
+    adapter = find_adapter(model)
+    if adapter is None:
+        return None
+    try:
+        return adapter.present_heads(model)
+    except LookupError:  # an adapter that says "no class head" (optical flow) or a stale one
+        return None
+
+
+def _fingerprint(
+    name: str, kwargs: dict[str, Any], inputs: list[tuple[int, ...]] | None, *, classifier: bool
+) -> dict[str, Any]:
+    """Seeded real build: mean/std of every state_dict tensor, and of the features entering the head.
+
+    Features are taken for image classifiers only: their canonical input is small, while a real
+    video or detection forward would cost more than all the rest of the facts together.
+    """
     import torch
 
     from .building import build_model
-    from .heads import find_adapter
 
     torch.manual_seed(SEED)
     model = build_model(name, device="cpu", **kwargs).eval()
     params = {key: _summary(t) for key, t in model.state_dict().items() if t.numel() and not t.is_quantized}
     facts: dict[str, Any] = {"seed": SEED, "params": params}
-    adapter = find_adapter(model)
-    if adapter is not None and inputs is not None and len(inputs) == 1:
-        head = model.get_submodule(adapter.present_heads(model)[0])
+    head_paths = _head_paths(model)
+    if classifier and head_paths and inputs is not None:
+        head = model.get_submodule(head_paths[0])
         seen: list[torch.Tensor] = []
         handle = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
         try:
@@ -597,6 +615,7 @@ def collect_facts(name: str, *, fingerprint: bool = True) -> Facts:
     family = _family_row(name)
     model = build_model(name, structural=True, **kwargs).eval()
     adapter = find_adapter(model)
+    head_paths = _head_paths(model)
     inputs = canonical_inputs(name, task)
     if inputs is None:
         outputs: Any = "not recorded: detection outputs depend on the image content"
@@ -618,8 +637,8 @@ def collect_facts(name: str, *, fingerprint: bool = True) -> Facts:
         "num_params": sum(p.numel() for p in model.parameters()),
         "state_dict": {key: list(t.shape) for key, t in model.state_dict().items()},
         "heads": (
-            {path: _layer_facts(model.get_submodule(path)) for path in adapter.present_heads(model)}
-            if adapter is not None
+            {path: _layer_facts(model.get_submodule(path)) for path in head_paths}
+            if head_paths is not None
             else None
         ),
         "inputs": [list(shape) for shape in inputs] if inputs is not None else None,
@@ -628,6 +647,7 @@ def collect_facts(name: str, *, fingerprint: bool = True) -> Facts:
     }
     del model
     if fingerprint:
-        facts["fingerprint"] = _fingerprint(name, kwargs, inputs)
+        classifier = task in ("classification", "quantization")
+        facts["fingerprint"] = _fingerprint(name, kwargs, inputs, classifier=classifier)
     result: Facts = _plain(facts)
     return result
