@@ -27,6 +27,10 @@ _EXPORTS = {
     "Family": "families",
     "InputSpec": "families",
     "FAMILIES": "families",
+    "collect_facts": "snapshot",
+    "diff_facts": "snapshot",
+    "load_snapshot": "snapshot",
+    "Snapshot": "snapshot",
     "network_guard": "netguard",
     "NetworkGuard": "netguard",
     "NetworkAccessError": "netguard",
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
         unregister_adapter,
     )
     from .netguard import NetworkAccessError, NetworkGuard, network_guard
+    from .snapshot import Snapshot, collect_facts, diff_facts, load_snapshot
 
 
 def __getattr__(name: str) -> Any:
