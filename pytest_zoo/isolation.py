@@ -232,7 +232,9 @@ def classify(exc: BaseException, model: str, device: str, phase: str) -> Fault |
     no_adapter: tuple[type[BaseException], ...] = (heads.NoAdapterError,) if heads is not None else ()
     leaves = [_root_cause(e) for e in _leaves(exc)]
     if leaves and no_adapter and all(isinstance(e, no_adapter) for e in leaves):
-        return Fault(skip_reason=f"{model}: no head adapter: {_one_line(str(leaves[0]))}")
+        no_head = getattr(heads, "NoHeadError", ())
+        what = "no class head" if isinstance(leaves[0], no_head) else "no head adapter"
+        return Fault(skip_reason=f"{model}: {what}: {_one_line(str(leaves[0]))}")
     if is_out_of_memory(exc):
         first = _one_line(str(leaves[0]))[:300] or type(leaves[0]).__name__
         _release_memory(exc)

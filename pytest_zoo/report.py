@@ -114,10 +114,14 @@ def list_row(name: str) -> ModelRow:
     if adapter is None:
         adapter_text = "no adapter"
     else:
-        present = adapter.present_heads(model)
-        adapter_text = ", ".join(present)
-        head = model.get_submodule(present[0])
-        classes = getattr(head, "out_features", None) or getattr(head, "out_channels", None)
+        try:
+            present = adapter.present_heads(model)
+        except LookupError:  # NoHeadError: a model that predicts no classes (optical flow)
+            adapter_text = "no class head"
+        else:
+            adapter_text = ", ".join(present)
+            head = model.get_submodule(present[0])
+            classes = getattr(head, "out_features", None) or getattr(head, "out_channels", None)
     parameters = sum(p.numel() for p in model.parameters())
     return ModelRow(name, task, family_name, adapter_text, parameters, classes, weights, default)
 
