@@ -24,6 +24,7 @@ a real build per ``n`` for any model where the derivation does not hold.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
@@ -185,10 +186,9 @@ class CacheStats:
     oracle_builds: int = 0
 
     def __str__(self) -> str:
-        return (
-            f"{self.builds} model build(s), {self.hits} reuse(s), {self.restores} restore(s), "
-            f"{self.rebuilds} rebuild(s) after in-place changes, {self.oracle_builds} oracle build(s)"
-        )
+        from .scheduling import describe_stats
+
+        return describe_stats(dataclasses.asdict(self))
 
 
 @dataclass

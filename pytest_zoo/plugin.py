@@ -70,6 +70,9 @@ def pytest_configure(config: pytest.Config) -> None:
     from .reliability import ZooReliability
 
     config.pluginmanager.register(ZooReliability(device), "pytest-zoo-reliability")
+    from .scheduling import ZooScheduling
+
+    config.pluginmanager.register(ZooScheduling(config, structural=device == "meta"), "pytest-zoo-scheduling")
     snapshot = read_snapshot_options(config)
     if snapshot is not None:  # the snapshot hooks exist only in runs that asked for a snapshot
         from .snapshot_plugin import register
@@ -251,12 +254,16 @@ def zoo_device(pytestconfig: pytest.Config) -> torch.device:
 @pytest.fixture(scope="session")
 def zoo_hypothesis_settings(pytestconfig: pytest.Config) -> settings:
     """Hypothesis settings for model-sized examples: no deadline, ``--zoo-examples`` examples."""
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
 
     return settings(
         max_examples=_state(pytestconfig).options.examples,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        # No shrink/explain phases: every example is a model build or forward pass, and shrinking a
+        # failure of one took minutes on a CPU runner (Hypothesis shrinks for up to five). The
+        # failing example is reported as drawn, and the database still replays it on the next run.
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
         # The checks run Hypothesis on inner functions a user cannot decorate, so a
         # ``@reproduce_failure`` blob would be a dead end; failures say how to reproduce instead.
         print_blob=False,
@@ -265,18 +272,26 @@ def zoo_hypothesis_settings(pytestconfig: pytest.Config) -> settings:
 
 @pytest.fixture
 def zoo_model(request: pytest.FixtureRequest, zoo_model_name: str, zoo_device: torch.device) -> nn.Module:
-    """A freshly built model for ``zoo_model_name`` (random init, offline) on ``zoo_device``.
+    """The model for ``zoo_model_name`` (random init, offline) on ``zoo_device``, as built.
 
     Inside a ``ZooConformance`` subclass it is built by that class's ``build_model`` hook, so a
-    free-form test method checks the same model the inherited checks do.
+    free-form test method checks the same model the inherited checks do. It comes from the
+    session's model cache: built once, and restored to its as-built state (head, flags, buffers,
+    hooks) for every test; a test that changed its weights in place gets a rebuilt one. On
+    ``--zoo-device=meta`` it is a structural build.
     """
     instance = request.instance
     if instance is not None and _is_conformance_class(type(instance)):
-        model: nn.Module = instance.build_model(zoo_model_name)
-        return model.to(zoo_device)
+        model: nn.Module = instance._model(zoo_model_name, zoo_device)
+        return model
     from .building import build_model
+    from .cache import active_cache
 
-    return build_model(zoo_model_name, device=zoo_device)
+    def build() -> nn.Module:
+        structural = zoo_device.type == "meta"
+        return build_model(zoo_model_name, device=None if structural else zoo_device, structural=structural)
+
+    return active_cache().get(("zoo_model", zoo_model_name, str(zoo_device)), build, group=zoo_model_name)
 
 
 @pytest.fixture
