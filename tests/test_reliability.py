@@ -194,6 +194,61 @@ def test_zoo_tests_leak_no_state_in_either_order(pytester: pytest.Pytester, orde
     assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
 
 
+CACHED_MODEL_TESTS = """
+    import pytest, torch
+    from torch import nn
+    import pytest_zoo
+    from pytest_zoo.building import build_model
+
+    ZOO = pytest.mark.parametrize("zoo_model_name", ["resnet18"])
+
+    @ZOO
+    def test_a_mutates_the_model(zoo_model, zoo_model_name):
+        pytest_zoo.replace_head(zoo_model, 3)
+        pytest_zoo.freeze_backbone(zoo_model)
+        zoo_model.eval()
+        zoo_model.layer1.train()
+        zoo_model(torch.randn(2, 3, 32, 32))  # moves layer1's BatchNorm running statistics
+
+    @ZOO
+    def test_b_sees_the_model_as_built(zoo_model, zoo_model_name):
+        torch.manual_seed(0)
+        fresh = build_model(zoo_model_name)
+        assert zoo_model.fc.out_features == fresh.fc.out_features == 1000
+        assert all(p.requires_grad for p in zoo_model.parameters())
+        assert [m.training for m in zoo_model.modules()] == [m.training for m in fresh.modules()]
+        for (name, ours), theirs in zip(zoo_model.named_buffers(), fresh.buffers()):
+            assert torch.equal(ours, theirs), name
+"""
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        pytest.param(
+            "forward",
+            marks=pytest.mark.xfail(
+                reason="cache.ModelState.restore decides a buffer changed by its _version, and "
+                "BatchNorm updates running statistics without bumping it: layer1's running_mean "
+                "leaks into the next test",
+                strict=True,
+            ),
+        ),
+        "reversed",
+    ],
+)
+def test_a_cached_model_is_as_built_for_every_test_in_either_order(
+    pytester: pytest.Pytester, order: str
+) -> None:
+    pytester.makepyfile(CACHED_MODEL_TESTS)
+    if order == "reversed":
+        pytester.makeconftest(REVERSE_ORDER)
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=2)
+    first = "test_a_mutates" if order == "forward" else "test_b_sees"
+    assert first in next(line for line in result.outlines if "PASSED" in line)
+
+
 # -- fault isolation ------------------------------------------------------------------------------
 
 FAULTY_ZOO = """
