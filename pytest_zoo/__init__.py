@@ -19,6 +19,13 @@ _EXPORTS = {
     "head_parameter_names": "heads",
     "HeadAdapter": "heads",
     "NoAdapterError": "heads",
+    "NoHeadError": "heads",
+    "infer_head": "inference",
+    "InferredHead": "inference",
+    "HeadInferredWarning": "inference",
+    "HeadInferenceError": "inference",
+    "TASKS": "families",
+    "task_io": "tasks",
     "freeze_backbone": "freezing",
     "count_parameters": "freezing",
     "ParameterCounts": "freezing",
@@ -41,19 +48,22 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 if TYPE_CHECKING:
     from .building import build_model
     from .checks import ZooConformance
-    from .families import FAMILIES, Family, InputSpec
+    from .families import FAMILIES, TASKS, Family, InputSpec
     from .freezing import ParameterCounts, count_parameters, freeze_backbone
     from .heads import (
         HeadAdapter,
         NoAdapterError,
+        NoHeadError,
         find_adapter,
         head_parameter_names,
         register_adapter,
         replace_head,
         unregister_adapter,
     )
+    from .inference import HeadInferenceError, HeadInferredWarning, InferredHead, infer_head
     from .netguard import NetworkAccessError, NetworkGuard, network_guard
     from .snapshot import Snapshot, collect_facts, diff_facts, load_snapshot
+    from .tasks import task_io
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ from torch import nn
 
 from .families import find_family
 
-__all__ = ["build_model", "builder_kwargs", "structural_init"]
+__all__ = ["accepts", "build_model", "builder_kwargs", "structural_init"]
 
 
 @contextlib.contextmanager
@@ -66,13 +66,13 @@ def builder_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
     if family is not None:
         kwargs.update(family.inputs.size_kwargs())
     kwargs.setdefault("weights", None)
-    if _accepts(name, "weights_backbone"):
+    if accepts(name, "weights_backbone"):
         kwargs.setdefault("weights_backbone", None)
     kwargs.update(overrides)
     return kwargs
 
 
-def _accepts(name: str, parameter: str) -> bool:
+def accepts(name: str, parameter: str) -> bool:
     """Whether the torchvision builder ``name`` declares ``parameter``; unknown names take nothing."""
     import inspect
 
