@@ -41,6 +41,14 @@ _EXPORTS = {
     "network_guard": "netguard",
     "NetworkGuard": "netguard",
     "NetworkAccessError": "netguard",
+    "WeightsConformance": "weights",
+    "WeightsCase": "weights",
+    "MetadataMismatch": "weights",
+    "DECLARED_EXCEPTIONS": "weights",
+    "weights_cases": "weights",
+    "build_with_weights": "weights",
+    "fabricate_checkpoint": "weights",
+    "load_pretrained_offline": "weights",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -64,6 +72,16 @@ if TYPE_CHECKING:
     from .netguard import NetworkAccessError, NetworkGuard, network_guard
     from .snapshot import Snapshot, collect_facts, diff_facts, load_snapshot
     from .tasks import task_io
+    from .weights import (
+        DECLARED_EXCEPTIONS,
+        MetadataMismatch,
+        WeightsCase,
+        WeightsConformance,
+        build_with_weights,
+        fabricate_checkpoint,
+        load_pretrained_offline,
+        weights_cases,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -39,19 +39,38 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECLARED_EXCEPTIONS",
+    "FILE_SIZE_TOLERANCE",
     "OPS_TOLERANCE",
     "PERMITTED_FIELDS",
+    "PLACEHOLDER_CATEGORIES",
     "TASK_FIELDS",
     "DeclaredException",
     "MetadataMismatch",
+    "NotApplicable",
     "WeightsCase",
+    "WeightsConformance",
     "WithWeights",
     "build_with_weights",
+    "built",
+    "check_categories",
+    "check_file_size",
+    "check_loading",
+    "check_metrics",
+    "check_min_size",
+    "check_num_params",
+    "check_ops",
+    "check_recipe",
+    "check_schema",
+    "check_transformed",
+    "checkpoint_path",
     "count_gflops",
     "declared_exception",
     "fabricate_checkpoint",
+    "float_case",
     "load_pretrained_offline",
     "output_count",
+    "per_class_parameters",
+    "reference_inputs",
     "resolve_weights_id",
     "weights_cases",
     "weights_ids",
@@ -97,7 +116,7 @@ TASK_FIELDS: Mapping[str, tuple[frozenset[str], Mapping[str, tuple[str, ...]]]] 
 PLACEHOLDER_CATEGORIES = frozenset({"N/A"})
 
 #: ``_ops`` is published rounded to 3 decimals; beyond rounding we accept this relative error.
-OPS_TOLERANCE = 0.01
+OPS_TOLERANCE = 0.001
 #: ``_file_size`` (MiB) against the bytes of the state_dict the builder loads: pickle overhead only.
 FILE_SIZE_TOLERANCE = 0.03
 #: torchvision measured ``_ops`` on a square image of this side, passed through the transforms.
@@ -301,6 +320,26 @@ def build_with_weights(case: WeightsCase, *, structural: bool = True, **kwargs: 
     return WithWeights(model=model, checkpoint=record[-1])
 
 
+_PROBES: dict[str, dict[int, dict[str, tuple[int, ...]]]] = {}
+
+
+def _probe_shapes(case: WeightsCase) -> dict[int, dict[str, tuple[int, ...]]]:
+    """Parameter and buffer shapes of ``builder(weights=None, num_classes=n)`` for n = 3 and 4."""
+    from .building import builder_kwargs
+
+    if case.model not in _PROBES:
+        sizes: dict[int, dict[str, tuple[int, ...]]] = {}
+        for n in (3, 4):
+            kwargs = builder_kwargs(case.model, weights=None, num_classes=n)
+            if "weights_backbone" in _parameters(case.builder):
+                kwargs["weights_backbone"] = None
+            with structural_init():
+                model = case.builder(**kwargs)
+            sizes[n] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        _PROBES[case.model] = sizes
+    return _PROBES[case.model]
+
+
 def _class_dimensions(case: WeightsCase) -> list[tuple[str, int, int, int]]:
     """The tensors whose size is ``slope * num_classes + offset``, found by building twice.
 
@@ -308,16 +347,7 @@ def _class_dimensions(case: WeightsCase) -> list[tuple[str, int, int, int]]:
     and ``4``, structurally, offline), so detection heads (``4 * n`` box deltas, ``anchors * n``
     logits) need no per-family rule.
     """
-    from .building import builder_kwargs
-
-    sizes: dict[int, dict[str, tuple[int, ...]]] = {}
-    for n in (3, 4):
-        kwargs = builder_kwargs(case.model, weights=None, num_classes=n)
-        if "weights_backbone" in _parameters(case.builder):
-            kwargs["weights_backbone"] = None
-        with structural_init():
-            model = case.builder(**kwargs)
-        sizes[n] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    sizes = _probe_shapes(case)
     found = []
     for name, shape in sizes[3].items():
         other = sizes[4].get(name)
@@ -327,6 +357,16 @@ def _class_dimensions(case: WeightsCase) -> list[tuple[str, int, int, int]]:
         slope = other[dim] - shape[dim]
         found.append((name, dim, slope, shape[dim] - 3 * slope))
     return found
+
+
+def per_class_parameters(case: WeightsCase, model: nn.Module) -> int:
+    """How many parameters one more class adds to ``model`` (only the heads it actually has)."""
+    sizes = _probe_shapes(case)
+    return sum(
+        math.prod(sizes[4][name]) - math.prod(sizes[3][name])
+        for name, _ in model.named_parameters()
+        if name in sizes[3] and name in sizes[4]
+    )
 
 
 def _parameters(builder: Callable[..., Any]) -> set[str]:
@@ -536,6 +576,20 @@ def check_categories(case: WeightsCase) -> None:
             f"{outputs} names (the builder's model with these weights has {outputs} outputs)",
             f"{len(categories)} names",
         )
+    # The builder sizes the head from len(categories), so the model agrees with them by construction;
+    # num_params was counted on the model the checkpoint was published for, so it says how many.
+    model = built(case).model
+    slope = per_class_parameters(source, model)
+    declared = case.meta.get("num_params")
+    if slope and isinstance(declared, int):
+        extra, rest = divmod(declared - sum(p.numel() for p in model.parameters()), slope)
+        if rest == 0 and extra != 0:
+            raise case.mismatch(
+                "categories",
+                f"{len(categories) + extra} names (the class count at which {case.model}(weights=...) "
+                f"has meta['num_params'] = {declared:,} parameters)",
+                f"{len(categories)} names",
+            )
     names = case.meta.get("keypoint_names")
     if names is not None and (not isinstance(names, list) or len(set(names)) != len(names)):
         raise case.mismatch("keypoint_names", "a list of unique names", repr(names))
@@ -547,10 +601,19 @@ def check_num_params(case: WeightsCase) -> None:
     count = sum(p.numel() for p in model.parameters())
     declared = case.meta.get("num_params")
     if declared != count:
+        source, _ = float_case(case)
+        slope = per_class_parameters(source, model)
+        hint = ""
+        if slope and isinstance(declared, int) and (declared - count) % slope == 0:
+            hint = (
+                f"The difference is the head parameters of exactly {(declared - count) // slope} "
+                "class(es): check meta['categories'], from which the builder sizes the head."
+            )
         raise case.mismatch(
             "num_params",
             f"{count:,} (parameters of {case.model}(weights={case.weights!r}), built on the meta device)",
             f"{declared:,}" if isinstance(declared, int) else repr(declared),
+            hint,
         )
     unquantized = case.meta.get("unquantized")
     if unquantized is not None and unquantized.meta.get("num_params") != count:
