@@ -82,7 +82,8 @@ class Tolerance:
     Summaries are ``[mean, std]`` pairs. Both numbers are judged on the scale of the pair (the
     larger magnitude of the four numbers): a zero-mean tensor's mean is noise around zero, so only
     a shift that matters relative to its spread is a change. Two numbers match when
-    ``|a - b| <= rel * scale + abs``.
+    ``|a - b| <= rel * scale + abs``; NaN matches only NaN (an all-constant tensor has std 0, and
+    the scale then is its value, so a constant fill that changes is caught too).
     """
 
     rel: float
@@ -91,19 +92,21 @@ class Tolerance:
     def close(self, before: list[float], after: list[float]) -> bool:
         if len(before) != len(after):
             return False
-        if any(math.isnan(x) for x in (*before, *after)):
-            return all(math.isnan(a) == math.isnan(b) for a, b in zip(before, after, strict=True))
-        scale = max(abs(x) for x in (*before, *after))
-        return all(abs(a - b) <= self.rel * scale + self.abs for a, b in zip(before, after, strict=True))
+        finite = [abs(x) for x in (*before, *after) if math.isfinite(x)]
+        scale = max(finite, default=0.0)
+        return all(
+            a == b or (math.isnan(a) and math.isnan(b)) or abs(a - b) <= self.rel * scale + self.abs
+            for a, b in zip(before, after, strict=True)
+        )
 
 
 #: Parameter summaries are float64 reductions of bit-identical values, stored to 7 significant
 #: digits: 1e-4 of the scale leaves two orders of magnitude for rounding and reduction order,
 #: while a changed initialiser (distribution, gain, fan mode) moves the std by far more.
-PARAM_TOLERANCE = Tolerance(rel=1e-4, abs=1e-12)
+PARAM_TOLERANCE = Tolerance(rel=1e-4, abs=0.0)
 #: Features come from a float32 forward whose kernels (oneDNN, MKL, thread count) may change with
 #: torch itself; 1e-3 of the scale absorbs that and still catches a changed layer or activation.
-FEATURE_TOLERANCE = Tolerance(rel=1e-3, abs=1e-12)
+FEATURE_TOLERANCE = Tolerance(rel=1e-3, abs=0.0)
 
 _SIGNIFICANT_DIGITS = 7
 

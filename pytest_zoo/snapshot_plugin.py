@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from .netguard import network_guard
 from .options import SnapshotOptions
 from .snapshot import (
     Facts,
@@ -178,11 +179,14 @@ class SnapshotPlugin:
             )
         if before is None and not update:
             self._outcome(item, "new")
-            pytest.skip(
-                f"new model: {name} is not in {self.options.path}; record it with --zoo-snapshot-update"
+            # reported at the item ("zoo-snapshot::name"), not at this line of the plugin
+            raise pytest.skip.Exception(
+                f"new model: {name} is not in {self.options.path}; record it with --zoo-snapshot-update",
+                _use_item_location=True,
             )
         self._outcome(item, "error")  # replaced below; stays if collecting the facts raises
-        facts: Facts = json.loads(json.dumps(collect_facts(name)))  # exactly what the file would hold
+        with network_guard():  # facts never need the network; an attempt fails this model loudly
+            facts: Facts = json.loads(json.dumps(collect_facts(name)))  # exactly what the file holds
         item.user_properties.pop()
         changes = diff_facts(before, facts) if before is not None else []
         tally = ", ".join(sorted({change.path[0] for change in changes}))

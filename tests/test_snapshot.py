@@ -93,7 +93,9 @@ def test_record_compare_plant_update_workflow(pytester: pytest.Pytester) -> None
     # record: one test per model, the file holds exactly the selected models and a version header
     result = _run(pytester, "--zoo-snapshot-update", "-k", SELECT)
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*recorded: 4: mnasnet0_5, shufflenet_v2_x0_5, squeezenet1_0, squeezenet1_1*"])
+    result.stdout.fnmatch_lines(
+        ["*recorded: 4: mnasnet0_5, shufflenet_v2_x0_5, squeezenet1_0, squeezenet1_1*"]
+    )
     data = json.loads(snapshot.read_text())
     assert data["format"] == FORMAT
     assert set(data["header"]) >= {"python", "torch", "torchvision"}
@@ -103,7 +105,9 @@ def test_record_compare_plant_update_workflow(pytester: pytest.Pytester) -> None
     # compare, nothing changed: passes and says so
     result = _run(pytester, "-k", SELECT)
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*zoo snapshot (compare)*4 model(s) recorded with torchvision*", "*unchanged: 4:*"])
+    result.stdout.fnmatch_lines(
+        ["*zoo snapshot (compare)*4 model(s) recorded with torchvision*", "*unchanged: 4:*"]
+    )
 
     # the "upgrade": each planted change is reported precisely, and nothing else is
     pytester.makeconftest(PLANT_UPGRADE)
@@ -187,7 +191,9 @@ def test_failed_update_writes_nothing(pytester: pytest.Pytester) -> None:
     )
     result = _run(pytester, "--zoo-snapshot-update", "-k", "squeezenet1_1 or zoo_broken_net")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*RuntimeError: this builder is broken*", "not written: 1 snapshot check(s) failed*"])
+    result.stdout.fnmatch_lines(
+        ["*RuntimeError: this builder is broken*", "not written: 1 snapshot check(s) failed*"]
+    )
     assert snapshot.read_bytes() == before
 
 
@@ -197,14 +203,44 @@ def test_failed_update_writes_nothing(pytester: pytest.Pytester) -> None:
 @pytest.mark.parametrize(
     ("content", "update", "message"),
     [
-        pytest.param(None, False, "*zoo.json does not exist. Record it first with: pytest --zoo-snapshot=*--zoo-snapshot-update", id="missing"),
-        pytest.param('{"format": "pytest-zoo-snapshot", "models": {', False, "*zoo.json is corrupt: Expecting*line 1*", id="corrupt"),
-        pytest.param('{"format": "pytest-zoo-snapshot", "models": {', True, "*zoo.json is corrupt*", id="corrupt-update"),
-        pytest.param('{"name": "my-package"}', True, "*zoo.json is not a pytest-zoo snapshot*left untouched*", id="foreign-update"),
+        pytest.param(
+            None,
+            False,
+            "*zoo.json does not exist. Record it first with: pytest --zoo-snapshot=*--zoo-snapshot-update",
+            id="missing",
+        ),
+        pytest.param(
+            '{"format": "pytest-zoo-snapshot", "models": {',
+            False,
+            "*zoo.json is corrupt: Expecting*line 1*",
+            id="corrupt",
+        ),
+        pytest.param(
+            '{"format": "pytest-zoo-snapshot", "models": {',
+            True,
+            "*zoo.json is corrupt*",
+            id="corrupt-update",
+        ),
+        pytest.param(
+            '{"name": "my-package"}',
+            True,
+            "*zoo.json is not a pytest-zoo snapshot*left untouched*",
+            id="foreign-update",
+        ),
         pytest.param("[1, 2]", False, "*zoo.json is not a pytest-zoo snapshot*", id="foreign-list"),
         pytest.param(b"\xff\xfe\x00garbage", True, "*zoo.json cannot be read*", id="binary-update"),
-        pytest.param('{"format": "pytest-zoo-snapshot", "format_version": 99, "header": {}, "models": {}}', True, "*format_version 99*Upgrade pytest-zoo*", id="newer-format"),
-        pytest.param('{"format": "pytest-zoo-snapshot", "format_version": 1, "header": {}, "models": []}', False, "*is corrupt: 'header' and 'models' must be objects*", id="bad-models"),
+        pytest.param(
+            '{"format": "pytest-zoo-snapshot", "format_version": 99, "header": {}, "models": {}}',
+            True,
+            "*format_version 99*Upgrade pytest-zoo*",
+            id="newer-format",
+        ),
+        pytest.param(
+            '{"format": "pytest-zoo-snapshot", "format_version": 1, "header": {}, "models": []}',
+            False,
+            "*is corrupt: 'header' and 'models' must be objects*",
+            id="bad-models",
+        ),
     ],
 )
 def test_bad_snapshot_file_is_a_usage_error_and_left_untouched(
@@ -250,11 +286,18 @@ def test_ini_path_is_relative_to_the_ini_file(pytester: pytest.Pytester) -> None
     sub = pytester.mkdir("sub")
     result = pytester.runpytest(f"--rootdir={pytester.path}", str(sub))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"ERROR: ini option zoo_snapshot: zoo snapshot {pytester.path}/snaps/zoo.json does not exist*"])
+    result.stderr.fnmatch_lines(
+        [f"ERROR: ini option zoo_snapshot: zoo snapshot {pytester.path}/snaps/zoo.json does not exist*"]
+    )
 
 
 def test_no_snapshot_option_registers_nothing(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("def test_ok(pytestconfig):\n    assert not pytestconfig.pluginmanager.has_plugin('pytest-zoo-snapshot')\n")
+    pytester.makepyfile(
+        """
+        def test_ok(pytestconfig):
+            assert not pytestconfig.pluginmanager.has_plugin("pytest-zoo-snapshot")
+        """
+    )
     pytester.runpytest().assert_outcomes(passed=1)
 
 
@@ -307,7 +350,10 @@ def test_diff_names_each_field_and_respects_the_fingerprint_tolerance() -> None:
     after = {
         "num_params": 12,
         "state_dict": {"fc.weight": [12, 4], "head.bias": [12]},
-        "fingerprint": {"params": {"fc.weight": [0.001 + noise * 0.5, 0.5]}, "features": {"mean_std": [1.0, 2.001]}},
+        "fingerprint": {
+            "params": {"fc.weight": [0.001 + noise * 0.5, 0.5]},
+            "features": {"mean_std": [1.0, 2.001]},
+        },
     }
     changes = diff_facts(before, after)
     assert [str(c) for c in changes] == [
@@ -320,9 +366,25 @@ def test_diff_names_each_field_and_respects_the_fingerprint_tolerance() -> None:
     (change,) = [c for c in diff_facts(before, after) if c.path[0] == "fingerprint"]
     assert str(change) == "fingerprint.params[fc.weight]: [0.001, 0.5] -> [0.001, 0.55]"
     report = format_changes("m", diff_facts(before, after))
-    assert report.splitlines()[0] == "zoo snapshot: m changed in 5 field(s): fingerprint (1), num_params (1), state_dict (3)"
+    assert (
+        report.splitlines()[0]
+        == "zoo snapshot: m changed in 5 field(s): fingerprint (1), num_params (1), state_dict (3)"
+    )
 
 
 def test_load_error_names_the_way_out(tmp_path: Path) -> None:
     with pytest.raises(SnapshotFileError, match="Record it first with: pytest --zoo-snapshot="):
         load_snapshot(tmp_path / "absent.json")
+
+
+def test_tolerance_is_relative_to_the_pair_and_nan_matches_only_nan() -> None:
+    from pytest_zoo.snapshot import FEATURE_TOLERANCE
+
+    assert PARAM_TOLERANCE.close([1e-9, 0.5], [-1e-9, 0.5])  # a mean jittering around zero
+    assert not PARAM_TOLERANCE.close([0.0, 0.01], [0.0, 0.02])  # a doubled std
+    assert not PARAM_TOLERANCE.close([1.0, 0.0], [0.0, 0.0])  # ones became zeros
+    assert FEATURE_TOLERANCE.close([2e-12, 4e-12], [2.000001e-12, 4e-12])  # tiny features keep scale
+    assert not FEATURE_TOLERANCE.close([2e-12, 4e-12], [2e-12, 8e-12])
+    assert PARAM_TOLERANCE.close([math.nan, 1.0], [math.nan, 1.0])
+    assert not PARAM_TOLERANCE.close([math.nan, 1.0], [math.nan, 2.0])
+    assert not PARAM_TOLERANCE.close([math.nan, 1.0], [0.0, 1.0])
