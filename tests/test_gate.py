@@ -1,0 +1,153 @@
+"""The CI gate, end to end: the example downstream project passes, and broken copies of its code fail.
+
+Each broken copy changes one line of ``examples/acme_vision/acme_vision/models.py`` the way people
+actually get head swaps and freezes wrong, runs the project's own tests (which only subclass
+``ZooConformance``) in a real pytest session, and asserts that the failure names the defect.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch  # noqa: F401  (imported once here: in-process pytester runs must not re-import torch)
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "acme_vision"
+MODELS = Path("acme_vision") / "models.py"
+HOOKS = "tests/test_conformance.py"
+
+
+def copy_example(pytester: pytest.Pytester) -> Path:
+    shutil.copytree(
+        EXAMPLE,
+        pytester.path,
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__", ".hypothesis", ".pytest_cache"),
+    )
+    return pytester.path
+
+
+def break_code(root: Path, old: str, new: str) -> None:
+    """Replace exactly one occurrence, so a drifted example fails here instead of testing nothing."""
+    path = root / MODELS
+    text = path.read_text()
+    assert text.count(old) == 1, f"the example no longer contains {old!r}; update this test"
+    path.write_text(text.replace(old, new))
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest("-p", "no:cacheprovider", "-p", "no:randomly", *args)
+
+
+def test_example_project_passes_its_own_gate(pytester: pytest.Pytester) -> None:
+    copy_example(pytester)
+    result = run(pytester, "-v")
+    # 3 torchvision models x 7 tests, acmenet x 6 (no torchvision weights to check: skipped).
+    result.assert_outcomes(passed=27, skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*TestAcmeModels::test_head_matches_builder[[]googlenet[]] PASSED*",
+            "*TestAcmeModels::test_replace_head_keeps_dtype_and_device[[]resnet18[]] PASSED*",
+            "*TestAcmeModels::test_build_classifier[[]mobilenet_v3_small[]] PASSED*",
+            "*TestAcmeNet::test_freeze_counts[[]acmenet[]] PASSED*",
+            "*TestAcmeNet::test_head_matches_builder[[]acmenet[]] PASSED*",
+        ]
+    )
+
+
+def test_head_swap_that_forgets_the_aux_heads(pytester: pytest.Pytester) -> None:
+    root = copy_example(pytester)
+    break_code(root, '"GoogLeNet": ("fc", "aux1.fc2", "aux2.fc2"),', '"GoogLeNet": ("fc",),')
+    result = run(pytester, "-k", "googlenet and (head_matches or forward_shape)")
+    result.assert_outcomes(failed=2, passed=0)
+    result.stdout.fnmatch_lines(
+        [
+            "*googlenet: the model's state_dict after replace_head differs from torchvision's googlenet*",
+            f"*hook:*replace_head -> TestAcmeModels.replace_head ({HOOKS}:*)",
+            "*aux1.fc2.weight: expected (*, 1024), found (1000, 1024)*",
+            "*defect:*auxiliary head 'aux1.fc2' still has 1000 outputs, not num_classes=*"
+            "replace_head must swap the auxiliary heads too*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*googlenet: an output does not have num_classes scores per example*",
+            "*inputs:*model=googlenet, num_classes=*, batch=*, input shape=(*, 3, *, *), train mode*",
+            "*defect:*auxiliary output 'aux_logits2' has shape (*, 1000): replace_head must swap the "
+            "auxiliary heads too (aux1.fc2, aux2.fc2)*",
+            "*reproduce:*from test_conformance import TestAcmeModels*",
+            "*model = t.replace_head(t.build_model('googlenet'), *).train()*",
+        ]
+    )
+
+
+def test_freeze_that_leaves_batchnorm_affine_parameters_trainable(pytester: pytest.Pytester) -> None:
+    root = copy_example(pytester)
+    break_code(
+        root,
+        """    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(name.startswith(path + ".") for path in heads))
+""",
+        """    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in heads:
+            module.requires_grad_(False)
+""",
+    )
+    result = run(pytester, "-k", "resnet18 and (freeze or gradients)")
+    result.assert_outcomes(failed=2, passed=0)
+    result.stdout.fnmatch_lines(
+        [
+            "*resnet18: the wrong parameters are trainable after freeze_backbone*",
+            f"*hook:*freeze_backbone -> TestAcmeModels.freeze_backbone ({HOOKS}:*)",
+            "*should be frozen but trainable: 40 BatchNorm2d affine parameters (bn1.bias, bn1.weight, *",
+            "*defect:*40 BatchNorm affine parameters (weight/bias) are still trainable*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*backbone parameters with .grad: 40 BatchNorm2d affine parameters*"])
+
+
+def test_hard_coded_in_features(pytester: pytest.Pytester) -> None:
+    root = copy_example(pytester)
+    break_code(root, "nn.Linear(old.in_features, num_classes,", "nn.Linear(512, num_classes,")
+    result = run(pytester, "-k", "head_matches or (mobilenet and forward_shape)")
+    # resnet18's head really takes 512 features, so the hard-coded value passes there, and only there.
+    result.assert_outcomes(failed=4, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*classifier.3.weight takes 512 input features where the layer it replaced took 1024: "
+            "a hard-coded in_features?*",
+        ]
+    )
+    # acmenet has no torchvision builder: the hook-derived oracle catches the same defect.
+    result.stdout.fnmatch_lines(
+        [
+            "*acmenet: the model's state_dict after replace_head differs from the hook-derived oracle*",
+            "*classifier.weight takes 512 input features where the layer it replaced took 32*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*the forward pass raised RuntimeError: mat1 and mat2 shapes cannot be multiplied*",
+            "*defect:*a head's in_features does not match the features that reach it*",
+        ]
+    )
+
+
+def test_head_built_without_the_models_dtype_and_device(pytester: pytest.Pytester) -> None:
+    root = copy_example(pytester)
+    break_code(
+        root,
+        "nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)",
+        "nn.Linear(old.in_features, num_classes)",
+    )
+    result = run(pytester, "-k", "resnet18 and dtype")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*resnet18: replace_head made 2 tensors with another dtype or device than the model*",
+            "*expected:*torch.float64 on cpu, like the rest of the model*",
+            "*found:*fc.bias: torch.float32 on cpu, fc.weight: torch.float32 on cpu*",
+            "*defect:*the new head is not created on the old head's dtype/device*",
+        ]
+    )

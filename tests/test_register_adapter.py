@@ -1,0 +1,130 @@
+"""Custom families: a model class pytest-zoo has never seen, before and after ``register_adapter``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_zoo import NoAdapterError, freeze_backbone, register_adapter, replace_head, unregister_adapter
+
+MODEL_SOURCE = '''
+import torch
+from torch import nn
+
+
+class TwoHeadNet(nn.Module):
+    """A model of the user's own: a main head and, in train mode, an auxiliary one."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.head = nn.Linear(8, num_classes)
+        self.aux = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, num_classes))
+
+    def forward(self, x):
+        features = self.body(x)
+        if self.training:
+            return {"out": self.head(features), "aux": self.aux(features)}
+        return self.head(features)
+'''
+
+GATE_SOURCE = """
+from pytest_zoo import ZooConformance
+
+
+class TestTwoHeadNet(ZooConformance):
+    models = ("twoheadnet",)
+    builder_oracle = False
+
+    def build_model(self, name):
+        return TwoHeadNet()
+"""
+
+
+class TinyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.classifier = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@pytest.fixture
+def tinynet_registered() -> object:
+    register_adapter(TinyNet, heads=["classifier"])
+    yield
+    unregister_adapter(TinyNet)
+
+
+def test_unknown_class_error_says_how_to_register() -> None:
+    model = TinyNet()
+    with pytest.raises(NoAdapterError) as info:
+        replace_head(model, 3)
+    message = str(info.value)
+    assert "does not know where the head of tests.test_register_adapter.TinyNet is" in message or (
+        "does not know where the head of test_register_adapter.TinyNet is" in message
+    )
+    assert "pytest_zoo.register_adapter(TinyNet, heads=['<dotted.path.to.head>'])" in message
+    assert "candidates: features.0, classifier" in message
+    assert model.classifier.out_features == 10, "a failed replace_head must leave the model untouched"
+    with pytest.raises(NoAdapterError):
+        freeze_backbone(model)
+    assert all(p.requires_grad for p in model.parameters()), "a failed freeze must leave the model untouched"
+
+
+def test_registered_class_swaps_and_freezes(tinynet_registered: object) -> None:
+    model = replace_head(TinyNet(), 3)
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+    counts = freeze_backbone(model)
+    assert counts.trainable == 4 * 3 + 3
+    assert {k for k, p in model.named_parameters() if p.requires_grad} == {
+        "classifier.weight",
+        "classifier.bias",
+    }
+
+
+def test_registering_twice_is_an_error(tinynet_registered: object) -> None:
+    with pytest.raises(ValueError, match=r"already registered .*Pass replace=True"):
+        register_adapter(TinyNet, heads=["features.0"])
+    assert register_adapter(TinyNet, heads=["classifier"], replace=True).heads == ("classifier",)
+
+
+def test_gate_fails_before_registering_and_passes_after(pytester: pytest.Pytester) -> None:
+    """One session, two modules with the same user model: only the registered one passes."""
+    pytester.makepyfile(
+        test_unregistered=MODEL_SOURCE + GATE_SOURCE,
+        test_registered=MODEL_SOURCE
+        + "\nfrom pytest_zoo import register_adapter\n"
+        + 'register_adapter(TwoHeadNet, heads=["head"], aux_heads=["aux.2"])\n'
+        + GATE_SOURCE,
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider", "-vv", "-rs", "--zoo-examples=2")
+    checks = [
+        "test_head_matches_builder",
+        "test_forward_shape",
+        "test_freeze_counts",
+        "test_gradients_reach_head_only",
+        "test_replace_head_keeps_dtype_and_device",
+    ]
+    for check in checks:
+        result.stdout.fnmatch_lines([f"test_registered.py::TestTwoHeadNet::{check}[[]twoheadnet[]]*PASSED*"])
+        # Not passed: the plugin reports a model without an adapter as a skip carrying the recipe.
+        result.stdout.re_match_lines(
+            [rf"test_unregistered.py::TestTwoHeadNet::{check}\[twoheadnet\] .*(FAILED|SKIPPED)"]
+        )
+    result.stdout.fnmatch_lines(
+        [
+            "*does not know where the head of test_unregistered.TwoHeadNet is.*"
+            "pytest_zoo.register_adapter(TwoHeadNet, heads=[[]'<dotted.path.to.head>'[]])*",
+        ]
+    )
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed") == len(checks)
+    assert outcomes.get("failed", 0) + outcomes.get("skipped", 0) == len(checks) + 2  # + 2 weights skips
