@@ -268,16 +268,15 @@ FAULTY_ZOO = """
         def forward(self, x):
             return self.fc(self.body(x))
 
-    class Unregistered(nn.Module):  # not a Tiny: no adapter anywhere along its MRO
+    class Unregistered(nn.Module):
+        # Not a Tiny, so no adapter along its MRO, and no Linear/Conv layer for inference to adopt.
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(
-                nn.Conv2d(3, 64, 1), nn.Conv2d(64, 64, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
-            )
-            self.fc = nn.Linear(64, 10)
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.class_weights = nn.Parameter(torch.randn(3, 10))
 
         def forward(self, x):
-            return self.fc(self.body(x))
+            return self.pool(x) @ self.class_weights
 
     class Greedy(Tiny):
         def forward(self, x):
@@ -418,14 +417,12 @@ def test_summary_and_junit_properties_survive_xdist(pytester: pytest.Pytester, w
             "  vgg11 (vgg) FAILED test_check: AssertionError: vgg11 broke",
         ]
     )
-    cases = {case.get("name"): case for case in ET.parse(pytester.path / "out.xml").iter("testcase")}
-    props = {
-        name: {p.get("name"): p.get("value") for p in case.iter("property")} for name, case in cases.items()
-    }
-    assert props["test_check[vgg11]"] == {"model": "vgg11", "task": "classification", "family": "vgg"}
-    assert props["test_skipped[alexnet]"] == {
-        "model": "alexnet",
-        "task": "classification",
-        "family": "alexnet",
-    }
-    assert props["test_not_a_zoo_test"] == {}
+    props: dict[tuple[str, str | None], dict[str | None, str | None]] = {}
+    for case in ET.parse(pytester.path / "out.xml").iter("testcase"):
+        found = {p.get("name"): p.get("value") for p in case.iter("property")}
+        props[(str(case.get("name")).split("[")[0], found.get("model"))] = found
+    assert props[("test_check", "vgg11")] == {"model": "vgg11", "task": "classification", "family": "vgg"}
+    alexnet = {"model": "alexnet", "task": "classification", "family": "alexnet"}
+    assert props[("test_skipped", "alexnet")] == alexnet
+    assert props[("test_not_a_zoo_test", None)] == {}
+    assert len(props) == 6
