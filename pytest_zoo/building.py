@@ -9,6 +9,7 @@ which fails on meta tensors but works here, because only registered state goes t
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from .families import find_family
 
-__all__ = ["accepts", "build_model", "builder_kwargs", "structural_init"]
+__all__ = ["accepts", "build_model", "builder_kwargs", "structural_init", "takes_num_classes"]
 
 
 @contextlib.contextmanager
@@ -70,6 +71,18 @@ def builder_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
         kwargs.setdefault("weights_backbone", None)
     kwargs.update(overrides)
     return kwargs
+
+
+@functools.cache
+def takes_num_classes(name: str) -> bool:
+    """Whether ``builder(num_classes=n)`` builds: most builders take it through ``**kwargs``, so
+    only a (structural, cheap) build can tell; RAFT's builders pass it on and its class refuses it.
+    """
+    try:
+        build_model(name, num_classes=3, structural=True)
+    except TypeError:
+        return False
+    return True
 
 
 def accepts(name: str, parameter: str) -> bool:
