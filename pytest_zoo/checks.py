@@ -443,7 +443,7 @@ class ZooConformance:
                         expected=f"exactly the {len(head_names)} class-dependent parameters trainable",
                         found=f"{len(trainable)} trainable",
                         details=[
-                            "should train but frozen:     "
+                            "should train but frozen: "
                             + ("; ".join(parameter_groups(model, head_names - trainable)) or "none"),
                             "should be frozen but trainable: "
                             + ("; ".join(parameter_groups(model, trainable - head_names)) or "none"),

@@ -94,9 +94,9 @@ def render(
         lines += [f"              {statement}" for statement in context.reproduce[1:]]
     test = current_test()
     lines.append(
-        "  hypothesis: the 'Falsifying example' below has the drawn values; rerunning "
+        "  hypothesis: the example Hypothesis drew is printed below; rerunning "
         + (f"pytest '{test}'" if test else "this test")
-        + " replays it first (Hypothesis saved it in .hypothesis/)."
+        + " replays it first (failing examples are kept in .hypothesis/)."
     )
     return "\n".join(lines)
 

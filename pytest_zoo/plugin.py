@@ -179,7 +179,7 @@ def _class_models(cls: type) -> list[str]:
 
 def _models_for(config: pytest.Config, cls: type | None) -> list[str]:
     state = _state(config)
-    if not ((_is_conformance_class(cls) or _is_weights_class(cls)) and getattr(cls, "models", ())):
+    if not ((_is_conformance_class(cls) or _is_weights_class(cls)) and bool(getattr(cls, "models", ()))):
         return list(state.selected or [])
     assert cls is not None
     try:

@@ -105,7 +105,7 @@ def test_gate_fails_before_registering_and_passes_after(pytester: pytest.Pyteste
         + 'register_adapter(TwoHeadNet, heads=["head"], aux_heads=["aux.2"])\n'
         + GATE_SOURCE,
     )
-    result = pytester.runpytest("-p", "no:cacheprovider", "-vv", "-rs", "--zoo-examples=2")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-vv", "-rs", "--zoo-examples=2")
     checks = [
         "test_head_matches_builder",
         "test_forward_shape",
