@@ -198,7 +198,8 @@ class ZooConformance:
     def _aux_heads(self, name: str, model: nn.Module) -> tuple[str, ...]:
         family = find_family(name)
         adapter = heads.find_adapter(model)
-        return (family.aux_heads if family else ()) + (adapter.aux_heads if adapter else ())
+        found = (family.aux_heads if family else ()) + (adapter.aux_heads if adapter else ())
+        return tuple(dict.fromkeys(found))
 
     def _context(
         self,

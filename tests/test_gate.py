@@ -73,7 +73,7 @@ def test_head_swap_that_forgets_the_aux_heads(pytester: pytest.Pytester) -> None
     )
     result.stdout.fnmatch_lines(
         [
-            "*googlenet: an output does not have num_classes scores per example*",
+            "*googlenet: an output does not have the shape*",
             "*inputs:*model=googlenet, num_classes=*, batch=*, input shape=(*, 3, *, *), train mode*",
             "*defect:*auxiliary output 'aux_logits2' has shape (*, 1000): replace_head must swap the "
             "auxiliary heads too (aux1.fc2, aux2.fc2)*",
