@@ -71,8 +71,8 @@ def _tag_group(item: pytest.Item, group: str) -> None:
 
 #: How torch says an operation needs data that a meta tensor does not have.
 _NO_VALUES = re.compile(
-    r"meta tensor|Meta kernel|with Meta tensors|cannot be called on meta|no data|"
-    r"data-dependent|on the meta device",
+    r"meta tensor|Meta kernel|with Meta tensors|cannot be called on meta|no data|register_meta|"
+    r"data-dependent|data-independent|on the meta device",
     re.IGNORECASE,
 )
 
@@ -150,10 +150,10 @@ class ZooScheduling:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
         if not (self.structural and zoo_model_of(item) is not None):
             return (yield)
-        from .building import structural_init
+        from .building import meta_fast_paths, structural_init
 
         try:
-            with structural_init():
+            with structural_init(cpu_default=False), meta_fast_paths():
                 return (yield)
         except Exception as error:
             missing = _missing_values(error)
