@@ -58,10 +58,10 @@ class NetworkGuard:
         """Record an attempt and build the error to raise for it."""
         self.attempts.append(what)
         return NetworkAccessError(
-            f"pytest-zoo blocked network access during a zoo test: {what}. "
-            "The kit builds every model offline (weights=None, weights_backbone=None). To test real "
-            "weights, copy the checkpoint into TORCH_HOME/hub/checkpoints/ (inside zoo tests TORCH_HOME "
-            f"is the temporary {self.torch_home}) or load the state_dict from a local file."
+            f"pytest-zoo blocked network access: {what}. Zoo tests run offline: the kit builds "
+            "with weights=None and weights_backbone=None. To test real weights, put the checkpoint "
+            f"in TORCH_HOME/hub/checkpoints/ (here TORCH_HOME is the temporary {self.torch_home}) "
+            "or load the state_dict from a local file."
         )
 
     def _is_loopback(self, host: object) -> bool:

@@ -9,6 +9,7 @@ summary is computed from the reports alone, so it is the same with and without `
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -192,7 +193,8 @@ def _reason(report: pytest.TestReport) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     message = getattr(crash, "message", None) or str(report.longrepr or "")
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return lines[0] if lines else ""
+    # "pytest_zoo.netguard.NetworkAccessError: ..." -> "NetworkAccessError: ...": room for the URL
+    return re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", lines[0]) if lines else ""
 
 
 _RANK = {"passed": 0, "skipped": 1, "xfailed": 1, "failed": 2, "error": 3}
@@ -244,6 +246,6 @@ def render_summary(outcomes: Sequence[ZooOutcome]) -> list[str]:
     if problems:
         lines += ["", "not passed:"]
         for (model, family, outcome, reason), tests in sorted(problems.items()):
-            short = reason if len(reason) <= 160 else reason[:157] + "..."
+            short = reason if len(reason) <= 200 else reason[:197] + "..."
             lines.append(f"  {model} ({family}) {outcome.upper()} {', '.join(tests)}: {short}")
     return lines
