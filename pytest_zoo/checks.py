@@ -155,7 +155,16 @@ class ZooConformance:
                     return  # nothing inferred: the hooks raise NoAdapterError as they always did
                 raise ConformanceFailure(f"{name}: {error}") from None
         if inference.is_inferred(adapter):
-            warnings.warn(inference.HeadInferredWarning(f"{name}: head {adapter.source}"), stacklevel=2)
+            cls_name = type(model).__qualname__
+            pin = f"pytest_zoo.register_adapter({cls_name}, heads={list(adapter.heads)!r}"
+            pin += f", aux_heads={list(adapter.aux_heads)!r})" if adapter.aux_heads else ")"
+            warnings.warn(
+                inference.HeadInferredWarning(
+                    f"{name}: head {adapter.source}. If that is right, pin it: {pin}; if not, register "
+                    "the right layers the same way (turn this warning into an error to require it)"
+                ),
+                stacklevel=2,
+            )
 
     def _fresh(self, model: nn.Module) -> nn.Module:
         """``model`` back in its as-built state (head, flags, buffers, hooks) for the next example.
