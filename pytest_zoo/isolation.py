@@ -32,8 +32,12 @@ from typing import Any
 
 __all__ = ["ModelOutOfMemoryError", "StateSnapshot", "capture", "classify", "is_out_of_memory"]
 
-#: Environment variables that pytest itself sets and clears around each test phase.
-_VOLATILE_ENV = frozenset({"PYTEST_CURRENT_TEST"})
+#: Environment variables that are not the test's doing: pytest sets and clears the first around each
+#: phase; torch sets the others once, when a subsystem is first imported or initialised (inductor,
+#: triton, CUDA), and they must stay set for it to keep working.
+_VOLATILE_ENV = frozenset(
+    {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "CUDA_MODULE_LOADING"}
+)
 
 
 def _torch() -> Any:

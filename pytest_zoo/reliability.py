@@ -29,11 +29,7 @@ from .isolation import StateSnapshot, capture, classify
 from .netguard import NetworkGuard, network_guard
 from .report import collect_outcomes, model_properties, render_summary
 
-__all__ = ["StateLeakError", "ZooReliability", "zoo_model_of"]
-
-
-class StateLeakError(AssertionError):
-    """A zoo test changed process-wide state and did not put it back (it has been restored now)."""
+__all__ = ["ZooReliability", "zoo_model_of"]
 
 
 def zoo_model_of(item: pytest.Item) -> str | None:
@@ -76,7 +72,8 @@ class ZooReliability:
         if fault is not None and fault.skip_reason is not None:
             return pytest.skip.Exception(fault.skip_reason, _use_item_location=True)
         if fault is not None and fault.error is not None:
-            return fault.error
+            # The message says everything; the traceback would only show this hook.
+            return pytest.fail.Exception(f"{type(fault.error).__name__}: {fault.error}", pytrace=False)
         if not isinstance(exc, AssertionError) and hasattr(exc, "add_note"):  # Python 3.11+
             props = dict(model_properties(model))
             exc.add_note(
@@ -127,11 +124,12 @@ class ZooReliability:
             guarded.leaks = guarded.snapshot.leaks()
             guarded.snapshot.restore()
         if guarded.leaks:
-            raise StateLeakError(
+            pytest.fail(
                 f"{guarded.model}: the test changed process-wide state and did not restore it "
                 "(pytest-zoo has restored it, so later tests are unaffected):\n  "
                 + "\n  ".join(guarded.leaks)
-                + "\nRestore it in the test (try/finally, or a fixture): results must not depend on order."
+                + "\nRestore it in the test (try/finally, or a fixture): results must not depend on order.",
+                pytrace=False,
             )
         return result
 

@@ -194,7 +194,9 @@ def _reason(report: pytest.TestReport) -> str:
     message = getattr(crash, "message", None) or str(report.longrepr or "")
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     # "pytest_zoo.netguard.NetworkAccessError: ..." -> "NetworkAccessError: ...": room for the URL
-    return re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", lines[0]) if lines else ""
+    # and "Failed: <message>" (pytest.fail) -> "<message>"
+    first = re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", lines[0]) if lines else ""
+    return first.removeprefix("Failed: ")
 
 
 _RANK = {"passed": 0, "skipped": 1, "xfailed": 1, "failed": 2, "error": 3}
