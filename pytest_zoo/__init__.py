@@ -31,6 +31,8 @@ _EXPORTS = {
     "ParameterCounts": "freezing",
     "build_model": "building",
     "ZooConformance": "checks",
+    "ConformanceFailure": "checks",
+    "ModelStrategies": "strategies",
     "Family": "families",
     "InputSpec": "families",
     "FAMILIES": "families",
@@ -49,13 +51,18 @@ _EXPORTS = {
     "build_with_weights": "weights",
     "fabricate_checkpoint": "weights",
     "load_pretrained_offline": "weights",
+    "ModelCache": "cache",
+    "ModelState": "cache",
+    "active_cache": "cache",
+    "require_values": "scheduling",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:
     from .building import build_model
-    from .checks import ZooConformance
+    from .cache import ModelCache, ModelState, active_cache
+    from .checks import ConformanceFailure, ZooConformance
     from .families import FAMILIES, TASKS, Family, InputSpec
     from .freezing import ParameterCounts, count_parameters, freeze_backbone
     from .heads import (
@@ -70,7 +77,9 @@ if TYPE_CHECKING:
     )
     from .inference import HeadInferenceError, HeadInferredWarning, InferredHead, infer_head
     from .netguard import NetworkAccessError, NetworkGuard, network_guard
+    from .scheduling import require_values
     from .snapshot import Snapshot, collect_facts, diff_facts, load_snapshot
+    from .strategies import ModelStrategies
     from .tasks import task_io
     from .weights import (
         DECLARED_EXCEPTIONS,
