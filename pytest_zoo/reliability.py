@@ -22,12 +22,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .isolation import StateSnapshot, capture, classify
-from .netguard import NetworkGuard, network_guard
 from .report import collect_outcomes, model_properties, render_summary
+
+if TYPE_CHECKING:
+    from .netguard import NetworkGuard
 
 __all__ = ["ZooReliability", "zoo_model_of"]
 
@@ -102,6 +105,8 @@ class ZooReliability:
             for prop in model_properties(model):
                 if prop not in item.user_properties:
                     item.user_properties.append(prop)
+            from .netguard import network_guard  # urllib.request & co.: only in runs with zoo tests
+
             snapshot = capture()
             stack = contextlib.ExitStack()
             guard = stack.enter_context(network_guard())
