@@ -170,6 +170,11 @@ class ZooScheduling:
         if model is not None and (nextitem is None or zoo_model_of(nextitem) != model):
             _release_models()
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        cache = sys.modules.get(_CACHE_MODULE)
+        if cache is not None:  # a session in the same process before this one (pytester, IDEs)
+            cache.reset_active_cache()
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         stats = self._local_stats()
         _release_models()

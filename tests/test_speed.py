@@ -1,0 +1,187 @@
+"""The speed machinery, tested for behaviour (never for time): cache, restore, oracle, order, meta.
+
+Each claim the speed rests on is a behaviour that can silently break: a model built once per
+session, put back exactly as built between examples, freed before the next model, a structural
+run that never allocates weights, and checks that cannot run on meta saying so.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_zoo import building, freezing, heads
+from pytest_zoo.cache import HeadOracle, ModelCache, ModelState
+from pytest_zoo.scheduling import describe_stats
+
+
+def _state(model: nn.Module) -> dict[str, object]:
+    """Everything a check can observe about a model, values included."""
+    return {
+        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
+        "modules": [(name, type(m), m.training) for name, m in model.named_modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grads": [p.grad is None for p in model.parameters()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for m in model.modules()
+        ],
+        "attrs": [sorted(vars(m)) for m in model.modules()],
+    }
+
+
+def _same(a: dict[str, object], b: dict[str, object]) -> bool:
+    ta, tb = a["tensors"], b["tensors"]
+    assert isinstance(ta, dict) and isinstance(tb, dict)
+    tensors_equal = ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    return tensors_equal and all(a[k] == b[k] for k in a if k != "tensors")
+
+
+@pytest.fixture
+def resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    return building.build_model("resnet18")
+
+
+def test_restore_undoes_everything_a_check_does(resnet18: nn.Module) -> None:
+    before = _state(resnet18)
+    state = ModelState.capture(resnet18)
+    heads.replace_head(resnet18, 7)
+    freezing.freeze_backbone(resnet18, norm_stats="freeze")  # pre-hooks and a _zoo_frozen attribute
+    resnet18.layer1.register_forward_hook(lambda *args: None)
+    resnet18.fc.weight.register_hook(lambda grad: grad)
+    resnet18.train()
+    resnet18(torch.randn(2, 3, 32, 32)).sum().backward()  # BatchNorm statistics move, grads appear
+    assert not _same(before, _state(resnet18))
+
+    assert state.restore()
+
+    assert _same(before, _state(resnet18))
+    assert resnet18.fc.out_features == 1000 and not resnet18.fc.weight._backward_hooks
+
+
+def test_restore_refuses_when_weights_changed_in_place_and_the_cache_rebuilds() -> None:
+    cache = ModelCache()
+    builds: list[nn.Module] = []
+
+    def build() -> nn.Module:
+        builds.append(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)))
+        return builds[-1]
+
+    model = cache.get("key", build, group="tiny")
+    assert cache.restore(model) is model  # nothing changed: the same object
+    with torch.no_grad():
+        model[0].weight.mul_(2)  # an optimiser step, say: the as-built values are gone
+    again = cache.restore(model)
+    assert again is not model and again is builds[-1] and len(builds) == 2
+    assert cache.stats.rebuilds == 1
+    model = cache.restore(again).half()  # .half() swaps .data without bumping the version
+    assert cache.restore(model) is not model and len(builds) == 3
+
+
+def test_one_build_per_key_and_the_previous_model_is_freed_before_the_next() -> None:
+    cache = ModelCache()
+    first = cache.get("a", lambda: nn.Linear(3, 2), group="a")
+    alive = weakref.ref(first)
+    assert cache.get("a", lambda: nn.Linear(9, 9), group="a") is first
+    del first
+    cache.get("b", lambda: nn.Linear(3, 2), group="b")
+    gc.collect()
+    assert alive() is None, "the cache still holds group a's model after moving on to group b"
+    assert cache.groups == {"b"}
+    assert (cache.stats.builds, cache.stats.hits, cache.stats.releases) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["vit_b_32", "squeezenet1_1", "googlenet"])
+def test_head_oracle_matches_the_builder_at_every_class_count(name: str) -> None:
+    def real(n: int) -> dict[str, tuple[int, ...]]:
+        model = building.build_model(name, num_classes=n, structural=True)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    oracle = HeadOracle(lambda n: building.build_model(name, num_classes=n, structural=True))
+    for n in (1, 17, 1000, 9999):
+        assert oracle.shapes(n) == real(n), n
+    assert oracle.builds == 3, "two probes and one verification, then derived"
+    assert oracle.head_names == set(heads.head_parameter_names(building.build_model(name, structural=True)))
+
+
+def test_head_oracle_falls_back_to_real_builds_when_a_shape_is_not_affine_in_n() -> None:
+    oracle = HeadOracle(lambda n: nn.Linear(2, n * n))  # n squared: no line through the probes
+    assert oracle.shapes(5)["weight"] == (25, 2)
+    assert oracle.shapes(6)["weight"] == (36, 2)
+    assert oracle.builds == 4, "every class count after a refuted derivation is a real build"
+
+
+def test_describe_stats_reads_like_the_summary_line() -> None:
+    assert describe_stats({"builds": 2, "hits": 8}) == (
+        "2 model build(s), 8 reuse(s), 0 restore(s), 0 rebuild(s) after in-place changes, 0 oracle build(s)"
+    )
+
+
+CONFTEST = """
+import pytest, torch
+from torch import nn
+from pytest_zoo import ZooConformance, require_values
+
+class TestMine(ZooConformance):
+    models = ("regnet_x_400mf", "squeezenet1_1")
+    builds = []
+
+    def build_model(self, name):
+        TestMine.builds.append(name)
+        return super().build_model(name)
+
+    def replace_head(self, model, num_classes):  # a user's hook: nn.Linear with no device
+        if hasattr(model, "fc"):
+            model.fc = nn.Linear(model.fc.in_features, num_classes, dtype=model.fc.weight.dtype)
+            return model
+        return super().replace_head(model, num_classes)
+
+    def test_weights_are_meta(self, zoo_model_name, zoo_model):
+        assert all(p.is_meta for p in zoo_model.parameters())
+
+    def test_fingerprint(self, zoo_model_name, zoo_device):
+        require_values(zoo_device, "a fingerprint")
+
+    def test_item(self, zoo_model_name, zoo_model):
+        zoo_model(torch.randn(2, 3, 64, 64, device="meta")).sum().item()
+
+def test_each_model_built_once():
+    assert sorted(TestMine.builds) == ["regnet_x_400mf", "squeezenet1_1"], TestMine.builds
+"""
+
+
+def test_structural_mode_builds_each_model_once_on_meta_and_says_what_it_cannot_do(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_mine=CONFTEST)
+    result = pytester.runpytest_subprocess("--zoo-device=meta", "--zoo-examples=2", "-rs")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("error", 0) == 0, result.stdout.str()
+    # regnet cannot even be built under torch.device("meta"); here every check ran on it
+    result.stdout.fnmatch_lines(
+        [
+            "*a fingerprint needs tensor values, which --zoo-device=meta does not have*--zoo-device=cpu*",
+            "*test_item*needs tensor values, which --zoo-device=meta does not have*item*",
+        ]
+    )
+    # test_fingerprint and test_item for each model, and nothing else
+    assert outcomes.get("skipped") == 4 and outcomes.get("passed", 0) > 10, outcomes
+    summary = r"pytest-zoo cache: 2 model build\(s\), \d+ reuse\(s\), \d+ restore\(s\), 0 rebuild"
+    assert re.search(summary, result.stdout.str())
+
+
+def test_each_models_tests_run_back_to_back(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess(
+        "--zoo-models=squeezenet1_1,resnet18,alexnet", "--collect-only", "-q"
+    )
+    ids = [line for line in result.outlines if line.startswith("pytest-zoo::")]
+    models = [re.search(r"\[(\w+)", i).group(1) for i in ids]  # type: ignore[union-attr]
+    assert len(ids) > 3 * 5
+    runs = [m for i, m in enumerate(models) if i == 0 or models[i - 1] != m]
+    assert runs == ["alexnet", "resnet18", "squeezenet1_1"], runs

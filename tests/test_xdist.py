@@ -1,0 +1,62 @@
+"""pytest-xdist: the same tests everywhere, each model on one worker, the same outcomes as serial.
+
+xdist refuses to run when workers collect different tests, so a run that completes is itself the
+check of identical collection; the rest is read from the verbose report (``[gwN] PASSED id``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import pytest
+
+pytest.importorskip("xdist")
+
+ARGS = ("--zoo-models=squeezenet1_1,resnet18,mobilenet_v3_small", "--zoo-device=meta", "--zoo-examples=1")
+
+
+def _outcomes_by_test(lines: list[str]) -> dict[str, str]:
+    found = {}
+    for line in lines:
+        match = re.search(r"(PASSED|FAILED|SKIPPED|XFAIL|XPASS|ERROR) (pytest-zoo::\S+?)(@\w+)?\s*$", line)
+        if match is None:
+            match = re.search(r"(pytest-zoo::\S+?)(@\w+)? (PASSED|FAILED|SKIPPED|XFAIL|XPASS|ERROR)", line)
+            if match is not None:
+                found[match.group(1)] = match.group(3)
+            continue
+        found[match.group(2)] = match.group(1)
+    return found
+
+
+def test_two_workers_keep_each_model_together_and_match_the_serial_run(pytester: pytest.Pytester) -> None:
+    parallel = pytester.runpytest_subprocess(*ARGS, "-n", "2", "-v")
+    text = parallel.stdout.str()
+    assert "Different tests were collected" not in text
+    workers: dict[str, set[str]] = defaultdict(set)
+    for worker, model in re.findall(r"\[(gw\d)\] \[\s*\d+%\] \w+ pytest-zoo::\S+\[(\w+)\S*\]", text):
+        workers[model].add(worker)
+    assert set(workers) == {"squeezenet1_1", "resnet18", "mobilenet_v3_small"}, text
+    assert all(len(w) == 1 for w in workers.values()), f"a model's tests ran on several workers: {workers}"
+    # one build per model across both workers: no worker rebuilt another's model
+    parallel.stdout.fnmatch_lines(["pytest-zoo cache: 3 model build(s),*(summed over 2 xdist workers)"])
+
+    serial = pytester.runpytest_subprocess(*ARGS, "-v")
+    assert parallel.parseoutcomes() == serial.parseoutcomes()
+    assert _outcomes_by_test(parallel.outlines) == _outcomes_by_test(serial.outlines)
+    assert len(_outcomes_by_test(serial.outlines)) > 3 * 5
+
+
+def test_an_explicit_dist_mode_is_left_alone(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess(
+        "--zoo-models=squeezenet1_1",
+        "--zoo-device=meta",
+        "--zoo-examples=1",
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        "-v",
+    )
+    result.stdout.fnmatch_lines(["*scheduling tests via LoadFileScheduling*"])
+    assert result.ret == 0
