@@ -222,8 +222,11 @@ def read_snapshot_options(config: pytest.Config) -> SnapshotOptions | None:
     return None
 
 
-def resolve_device(spec: str) -> str:
-    """Turn ``auto`` into ``cuda``/``cpu`` and reject accelerators this machine does not have."""
+def resolve_device(spec: str, source: str = "--zoo-device") -> str:
+    """Turn ``auto`` into ``cuda``/``cpu`` and reject accelerators this machine does not have.
+
+    ``source`` names where the value came from (the option or the ini key) in the usage error.
+    """
     import torch
 
     if spec == "auto":
@@ -233,12 +236,12 @@ def resolve_device(spec: str) -> str:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise pytest.UsageError(
-                f"--zoo-device={spec}: CUDA is not available on this machine. Use --zoo-device=cpu or auto."
+                f"{source}={spec}: CUDA is not available on this machine. Use --zoo-device=cpu or auto."
             )
         if index and int(index) >= count:
             raise pytest.UsageError(
-                f"--zoo-device={spec}: only {count} CUDA device(s), cuda:0..cuda:{count - 1}."
+                f"{source}={spec}: only {count} CUDA device(s), cuda:0..cuda:{count - 1}."
             )
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise pytest.UsageError(f"--zoo-device={spec}: MPS is not available. Use --zoo-device=cpu or auto.")
+        raise pytest.UsageError(f"{source}={spec}: MPS is not available. Use --zoo-device=cpu or auto.")
     return spec

@@ -66,7 +66,10 @@ def pytest_configure(config: pytest.Config) -> None:
     check_conflicts(config, options)
     # A device this machine lacks is a usage error now, not a fixture error in every test later;
     # torch is imported for it only when the kit is actually in use.
-    device = resolve_device(options.device) if options.requested or options.device != "auto" else "cpu"
+    source = "--zoo-device" if config.getoption("zoo_device") is not None else "ini option zoo_device"
+    device = (
+        resolve_device(options.device, source) if options.requested or options.device != "auto" else "cpu"
+    )
     from .reliability import ZooReliability
 
     config.pluginmanager.register(ZooReliability(device), "pytest-zoo-reliability")

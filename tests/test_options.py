@@ -152,6 +152,16 @@ def test_bad_value_is_a_usage_error_naming_option_value_and_valid_choices(
     result.stdout.no_fnmatch_line("*collected*")
 
 
+def test_ini_cuda_without_a_gpu_names_the_ini_key(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pytester.makeini("[pytest]\nzoo_device = cuda\n")
+    result = pytester.runpytest("--zoo-models=resnet18")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option zoo_device=cuda: CUDA is not available on this machine*"])
+
+
 @pytest.mark.parametrize(
     ("device", "message"),
     [
