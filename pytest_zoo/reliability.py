@@ -45,12 +45,38 @@ def zoo_model_of(item: pytest.Item) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _shared_fixtures(item: pytest.Item) -> frozenset[str]:
+    """The user's higher-scoped (class, module, package, session) fixtures that are set up now.
+
+    A session fixture that sets the default dtype or seeds the generators for the whole run is
+    meant to change global state. When one starts during a zoo test's setup, or finishes during its
+    teardown, that test's before/after comparison would see the fixture's doing, so it is skipped.
+    The kit's own fixtures and pytest's change no global state and do not count.
+    """
+    info = getattr(item, "_fixtureinfo", None)
+    ready = set()
+    for name, definitions in getattr(info, "name2fixturedefs", {}).items():
+        for definition in definitions:
+            module = getattr(getattr(definition, "func", None), "__module__", "") or ""
+            if (
+                getattr(definition, "scope", "function") != "function"
+                and getattr(definition, "cached_result", None) is not None
+                and not module.startswith(("pytest_zoo.", "_pytest."))
+            ):
+                ready.add(f"{name} ({module})")
+    return frozenset(ready)
+
+
 @dataclass
 class _Guarded:
     model: str
     snapshot: StateSnapshot
     guard: NetworkGuard
     stack: contextlib.ExitStack
+    #: The user's higher-scoped fixtures that were set up when the test started.
+    shared: frozenset[str] = frozenset()
+    #: A higher-scoped fixture started during setup: the snapshot predates a change meant to last.
+    shared_started: bool = False
     #: How many network attempts have already been turned into a failed report.
     reported: int = 0
     leaks: list[str] = field(default_factory=list)
@@ -110,8 +136,13 @@ class ZooReliability:
             snapshot = capture()
             stack = contextlib.ExitStack()
             guard = stack.enter_context(network_guard())
-            item.stash[_GUARDED] = _Guarded(model, snapshot, guard, stack)
-        return (yield from self._isolated(item, "setup"))
+            item.stash[_GUARDED] = _Guarded(model, snapshot, guard, stack, _shared_fixtures(item))
+        try:
+            return (yield from self._isolated(item, "setup"))
+        finally:
+            guarded = item.stash.get(_GUARDED, None)
+            if guarded is not None and _shared_fixtures(item) != guarded.shared:
+                guarded.shared_started = True
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
@@ -126,8 +157,11 @@ class ZooReliability:
             result = yield
         finally:
             guarded.stack.close()  # leaves the network guard: TORCH_HOME and sockets are back
-            guarded.leaks = guarded.snapshot.leaks()
-            guarded.snapshot.restore()
+            # A shared fixture started in setup or finished in teardown: its changes are meant to
+            # outlive this test, so neither report nor undo them (see _shared_fixtures).
+            if not guarded.shared_started and _shared_fixtures(item) == guarded.shared:
+                guarded.leaks = guarded.snapshot.leaks()
+                guarded.snapshot.restore()
         if guarded.leaks:
             pytest.fail(
                 f"{guarded.model}: the test changed process-wide state and did not restore it "

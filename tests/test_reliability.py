@@ -250,6 +250,48 @@ def test_a_cached_model_is_as_built_for_every_test_in_either_order(
     assert first in next(line for line in result.outlines if "PASSED" in line)
 
 
+SESSION_SETUP = """
+    import os
+    import pytest, torch
+
+    @pytest.fixture(scope="session", autouse=True)
+    def float64_everywhere():
+        torch.set_default_dtype(torch.float64)
+        os.environ["MY_SUITE"] = "on"
+        torch.manual_seed(1234)
+        yield
+        torch.set_default_dtype(torch.float32)
+        del os.environ["MY_SUITE"]
+"""
+
+SESSION_TESTS = """
+    import os
+    import pytest, torch
+
+    @pytest.mark.parametrize("zoo_model_name", ["resnet18", "alexnet"])
+    def test_zoo_first(zoo_model_name):
+        assert torch.get_default_dtype() == torch.float64
+
+    def test_plain_later():
+        assert torch.get_default_dtype() == torch.float64 and os.environ["MY_SUITE"] == "on"
+"""
+
+
+@pytest.mark.parametrize("order", ["forward", "reversed"])
+def test_a_session_fixture_may_change_global_state_for_the_whole_run(
+    pytester: pytest.Pytester, order: str
+) -> None:
+    """The guard tells a session fixture's intended change from a test's leak, in either order.
+
+    The fixture starts inside the first test and finishes inside the last: neither is a leak.
+    """
+    pytester.makeconftest(SESSION_SETUP + (REVERSE_ORDER if order == "reversed" else ""))
+    pytester.makepyfile(SESSION_TESTS)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=3)
+    assert torch.get_default_dtype() == torch.float32 and "MY_SUITE" not in os.environ
+
+
 # -- fault isolation ------------------------------------------------------------------------------
 
 FAULTY_ZOO = """
