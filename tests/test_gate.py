@@ -152,3 +152,50 @@ def test_head_built_without_the_models_dtype_and_device(pytester: pytest.Pyteste
             "*defect:*the new head is not created on the old head's dtype/device*",
         ]
     )
+
+
+FREE_FORM = """
+import pytest
+from hypothesis import given
+from torch import nn
+
+from pytest_zoo import ZooConformance
+
+
+@pytest.mark.parametrize("zoo_model_name", ["vit_b_16", "inception_v3"])
+def test_legal_train_shapes(zoo_model_name, zoo_strategies, zoo_hypothesis_settings):
+    low, high = zoo_strategies.spec.sizes(train=True)
+
+    @zoo_hypothesis_settings
+    @given(shape=zoo_strategies.input_shapes(train=True))
+    def check(shape):
+        b, c, h, w = shape
+        assert b >= 2 and c == 3 and low <= h <= high and low <= w <= high
+        assert h % zoo_strategies.spec.multiple == 0
+
+    check()
+
+
+class TestMine(ZooConformance):
+    models = ("mynet",)
+    builder_oracle = False
+
+    def build_model(self, name):
+        model = nn.Linear(4, 2)
+        model.built_by = "hook"
+        return model
+
+    def test_zoo_model_comes_from_the_hook(self, zoo_model_name, zoo_model, zoo_device):
+        assert zoo_model_name == "mynet" and zoo_model.built_by == "hook"
+        assert zoo_model.weight.device.type == zoo_device.type
+"""
+
+
+def test_fixtures_for_free_form_tests(pytester: pytest.Pytester) -> None:
+    """Explicitly parametrized model names get bound strategies; a class's own tests get its hook's model."""
+    pytester.makepyfile(test_free=FREE_FORM)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-v", "--zoo-examples=10", "-k", "legal_train_shapes or comes_from_the_hook"
+    )
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*test_legal_train_shapes[[]inception_v3[]] PASSED*"])
