@@ -135,7 +135,8 @@ class ZooReliability:
 
             snapshot = capture()
             stack = contextlib.ExitStack()
-            guard = stack.enter_context(network_guard())
+            # Loopback stays open: a local server a user's fixture runs is not "the network".
+            guard = stack.enter_context(network_guard(allow_loopback=True))
             item.stash[_GUARDED] = _Guarded(model, snapshot, guard, stack, _shared_fixtures(item))
         try:
             return (yield from self._isolated(item, "setup"))

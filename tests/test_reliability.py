@@ -63,6 +63,12 @@ NETWORK_TESTS = f"""
         assert torch.hub.get_dir().startswith(home)
         os.makedirs(os.path.join(home, "hub", "checkpoints"))  # writing there is fine
 
+    @ZOO
+    def test_loopback_stays_open(zoo_model_name):
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            with socket.create_connection(server.getsockname(), timeout=1):
+                pass
+
     def test_plain_tests_are_not_guarded():
         assert os.environ["TORCH_HOME"] == os.environ["REAL_TORCH_HOME"]
         assert socket.socket.connect is socket.socket.__mro__[1].connect
@@ -77,7 +83,7 @@ def test_network_access_fails_zoo_tests_with_the_url_and_real_torch_home_is_unto
     monkeypatch.setenv("REAL_TORCH_HOME", str(real_home))
     pytester.makepyfile(NETWORK_TESTS)
     result = pytester.runpytest()
-    result.assert_outcomes(passed=2, failed=5)
+    result.assert_outcomes(passed=3, failed=5)
     blocked = "E *NetworkAccessError: pytest-zoo blocked network access:"
     result.stdout.fnmatch_lines(
         [
