@@ -28,6 +28,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -176,7 +177,10 @@ def network_guard(
 
     def opener_open(self: urllib.request.OpenerDirector, fullurl: Any, *args: Any, **kwargs: Any) -> Any:
         url = _request_url(fullurl)
-        if not url.startswith(("file:", "data:")):
+        local = url.startswith(("file:", "data:")) or (
+            guard.allow_loopback and guard._is_loopback(urllib.parse.urlsplit(url).hostname)
+        )
+        if not local:
             raise guard.block(f"urlopen {url}")
         return original_open(self, fullurl, *args, **kwargs)
 
