@@ -221,7 +221,9 @@ class ZooConformance:
         steps: Sequence[str] = (),
     ) -> FailureContext:
         cls = type(self).__qualname__.split(".")[0]
-        reproduce = [f"from {type(self).__module__} import {cls}", f"t = {cls}()", *steps] if steps else []
+        imports = ["import torch"] if any("torch." in step for step in steps) else []
+        reproduce = [*imports, f"from {type(self).__module__} import {cls}", f"t = {cls}()", *steps]
+        reproduce = reproduce if steps else []
         origin = hook_origin(self, hook)
         return FailureContext(name, hook, origin, n, shape, mode, reproduce)
 

@@ -77,7 +77,8 @@ def test_head_swap_that_forgets_the_aux_heads(pytester: pytest.Pytester) -> None
             "*inputs:*model=googlenet, num_classes=*, batch=*, input shape=(*, 3, *, *), train mode*",
             "*defect:*auxiliary output 'aux_logits2' has shape (*, 1000): replace_head must swap the "
             "auxiliary heads too (aux1.fc2, aux2.fc2)*",
-            "*reproduce:*from test_conformance import TestAcmeModels*",
+            "*reproduce:*import torch",
+            "*from test_conformance import TestAcmeModels",
             "*model = t.replace_head(t.build_model('googlenet'), *).train()*",
         ]
     )
