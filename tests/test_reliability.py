@@ -123,6 +123,25 @@ def test_network_guard_restores_everything_and_cleans_its_home() -> None:
     assert guard.attempts == ["DNS lookup of download.pytorch.org:443"]
 
 
+def test_network_guard_nests_and_restores_when_the_body_raises() -> None:
+    import socket
+
+    original = socket.socket.connect
+    with pytest.raises(ZeroDivisionError), network_guard() as outer:
+        with network_guard(allow_loopback=True) as inner:
+            assert os.environ["TORCH_HOME"] == str(inner.torch_home)
+            with pytest.raises(NetworkAccessError, match=r"socket connect to 192\.0\.2\.1:443"):
+                socket.create_connection(("192.0.2.1", 443), timeout=0.5)
+        assert os.environ["TORCH_HOME"] == str(outer.torch_home)
+        with pytest.raises(NetworkAccessError, match=r"socket connect to 192\.0\.2\.1:80"):
+            socket.create_connection(("192.0.2.1", 80), timeout=0.5)
+        1 / 0  # noqa: B018
+    assert socket.socket.connect is original
+    assert inner.attempts == ["socket connect to 192.0.2.1:443"]
+    assert outer.attempts == ["socket connect to 192.0.2.1:80"]
+    assert not outer.torch_home.exists() and not inner.torch_home.exists()
+
+
 def test_a_checkpoint_in_the_guarded_torch_home_loads_offline(tmp_path: Path) -> None:
     model = torchvision.models.resnet18()
     with network_guard(torch_home=tmp_path) as guard:
