@@ -11,8 +11,8 @@ canonical input cost no weight memory. The one exception is the seeded fingerpri
 real values: with ``torch.manual_seed(SEED)`` the model is built for real and every state_dict
 tensor is summarised by its mean and standard deviation, plus the features that reach the head on
 a seeded input. Seeded initialisation was bit-identical between torchvision 0.28.0/torch 2.13.0 and
-0.29.1/torch 2.14.1, so the tolerances below only absorb float summation order (parameters, summed
-in float64) and kernel choice (features, a float32 forward); a changed initialiser (another
+0.29.1/torch 2.14.1, so the tolerances below only absorb float summation order (parameters, a
+float32 reduction) and kernel choice (features, a float32 forward); a changed initialiser (another
 distribution, gain or fan mode) moves a standard deviation by far more than either.
 
 This module imports torch only inside :func:`collect_facts`, so reading, validating, diffing and
@@ -100,8 +100,8 @@ class Tolerance:
         )
 
 
-#: Parameter summaries are float64 reductions of bit-identical values, stored to 7 significant
-#: digits: 1e-4 of the scale leaves two orders of magnitude for rounding and reduction order,
+#: Parameter summaries are float32 reductions (~1e-6 relative) of bit-identical values, stored to
+#: 7 significant digits: 1e-4 of the scale leaves ample room for rounding and reduction order,
 #: while a changed initialiser (distribution, gain, fan mode) moves the std by far more.
 PARAM_TOLERANCE = Tolerance(rel=1e-4, abs=0.0)
 #: Features come from a float32 forward whose kernels (oneDNN, MKL, thread count) may change with
@@ -417,11 +417,15 @@ def snapshot_kwargs(name: str) -> dict[str, Any]:
     return kwargs
 
 
+_MIN_SIDE = 32
+
+
 def canonical_inputs(name: str, task: str) -> list[tuple[int, ...]] | None:
     """The input shapes whose outputs are recorded; ``None`` where outputs depend on the data.
 
-    Image classifiers get the smallest legal square of at least 64 (or their fixed size), so the
-    seeded forward stays cheap; video gets 16x224x224 (MViT's fixed size, and S3D's final 7x7 pool).
+    Image classifiers get the smallest legal square of at least 32 (or their fixed size), so the
+    seeded forward stays cheap (five stride-2 stages still leave a 1x1 feature map); video gets
+    16x224x224 (MViT's fixed size, and S3D's final 7x7 pool).
     """
     if task == "detection":
         return None
@@ -433,10 +437,10 @@ def canonical_inputs(name: str, task: str) -> list[tuple[int, ...]] | None:
         return [(1, 3, 128, 128), (1, 3, 128, 128)]
     family = _family_row(name)
     if family is None:
-        return [(1, 3, 64, 64)]
+        return [(1, 3, _MIN_SIDE, _MIN_SIDE)]
     low, _ = family.inputs.sizes()
     multiple = family.inputs.multiple
-    side = low if family.inputs.fixed is not None else max(low, -(-64 // multiple) * multiple)
+    side = low if family.inputs.fixed is not None else max(low, -(-_MIN_SIDE // multiple) * multiple)
     return [(1, 3, side, side)]
 
 
@@ -550,7 +554,11 @@ def _round(value: float) -> float | str:
 def _summary(tensor: torch.Tensor) -> list[float | str]:
     import torch
 
-    data = tensor.detach().to(torch.float64)
+    data = tensor.detach()
+    if data.dtype not in (torch.float32, torch.float64):  # integer buffers, half precision
+        data = data.to(torch.float32)
+    # float32 reductions are pairwise, ~1e-6 relative: far inside the tolerance, and converting the
+    # 600M parameters of the largest models to float64 first cost more than building them
     std, mean = torch.std_mean(data, correction=0)
     return [_round(float(mean)), _round(float(std))]
 
@@ -576,6 +584,31 @@ def _fingerprint(
     Features are taken for image classifiers only: their canonical input is small, while a real
     video or detection forward would cost more than all the rest of the facts together.
     """
+    with _one_thread():
+        return _seeded_summaries(name, kwargs, inputs, classifier=classifier)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the fingerprint on one intra-op thread, then restore the caller's setting.
+
+    One thread makes every float reduction's order independent of the machine's core count, so a
+    fingerprint recorded on a laptop compares cleanly on a CI runner; and for batch-1 forwards at
+    32x32 extra threads only spin (measured: 10-30x the CPU time of one thread on 2 busy cores).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _seeded_summaries(
+    name: str, kwargs: dict[str, Any], inputs: list[tuple[int, ...]] | None, *, classifier: bool
+) -> dict[str, Any]:
     import torch
 
     from .building import build_model
