@@ -232,4 +232,5 @@ def test_full_metadata_sweep_over_every_weights_enum(
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()[-3000:]
     # 166 enums x 9 checks; skipped: categories of the 8 RAFT enums; xfailed: the declared exceptions.
-    assert outcomes == {"passed": 166 * 9 - 8 - 4, "skipped": 8, "xfailed": 4}
+    found = {key: outcomes.get(key, 0) for key in ("passed", "skipped", "xfailed")}
+    assert found == {"passed": 166 * 9 - 8 - 5, "skipped": 8, "xfailed": 5}
