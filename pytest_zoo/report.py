@@ -120,11 +120,37 @@ def list_row(name: str) -> ModelRow:
         except LookupError:  # NoHeadError: a model that predicts no classes (optical flow)
             adapter_text = "no class head"
         else:
-            adapter_text = ", ".join(present)
+            adapter_text = _compact(present)
             head = model.get_submodule(present[0])
-            classes = getattr(head, "out_features", None) or getattr(head, "out_channels", None)
+            outputs = getattr(head, "out_features", None) or getattr(head, "out_channels", None)
+            # a detection head has k outputs per class (anchors, box coordinates)
+            classes = outputs // adapter.multiple(present[0]) if isinstance(outputs, int) else None
     parameters = sum(p.numel() for p in model.parameters())
     return ModelRow(name, task, family_name, adapter_text, parameters, classes, weights, default)
+
+
+def _compact(paths: Sequence[str]) -> str:
+    """``a.list.0.1, a.list.1.1, a.list.2.1`` -> ``a.list.{0..2}.1``: SSD has a head per feature map.
+
+    Paths that differ only in one numeric component, over a consecutive range of 3 or more, are
+    shown once; everything else as it is, in the adapter's order.
+    """
+    groups: dict[tuple[str, ...], list[list[str]]] = {}
+    for path in paths:
+        tokens = path.split(".")
+        signature = tuple("#" if t.isdigit() else t for t in tokens)
+        groups.setdefault(signature, []).append(tokens)
+    shown: list[str] = []
+    for members in groups.values():
+        varying = [i for i in range(len(members[0])) if len({m[i] for m in members}) > 1]
+        values = [int(m[varying[0]]) for m in members] if len(varying) == 1 else []
+        if len(values) > 2 and values == list(range(values[0], values[0] + len(values))):
+            tokens = list(members[0])
+            tokens[varying[0]] = f"{{{values[0]}..{values[-1]}}}"
+            shown.append(".".join(tokens))
+        else:
+            shown += [".".join(m) for m in members]
+    return ", ".join(shown)
 
 
 def list_rows(names: Iterable[str]) -> list[ModelRow]:
