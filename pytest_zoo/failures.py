@@ -139,6 +139,15 @@ def shape_defects(
         aux = _under(key, aux_heads)
         if aux:
             defects.append(f"auxiliary head {aux!r} is gone: replace_head removed it instead of resizing it")
+        elif key.endswith(".bias") and key.rpartition(".")[0] + ".weight" in found:
+            defects.append(
+                f"{key} is missing: the new layer lacks a parameter the builder's has (bias=False?)"
+            )
+    for key in sorted(found.keys() - expected.keys()):
+        if key.endswith(".bias") and key.rpartition(".")[0] + ".weight" in expected:
+            defects.append(
+                f"{key} is unexpected: the new layer has a bias the builder's does not (bias=True?)"
+            )
     return defects
 
 

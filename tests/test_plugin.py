@@ -12,6 +12,7 @@ CHECKS = (
     "test_forward_shape",
     "test_freeze_counts",
     "test_gradients_reach_head_only",
+    "test_replace_head_keeps_dtype_and_device",
     "test_default_weights_metadata",
 )
 
@@ -85,7 +86,12 @@ def test_a_failing_head_swap_is_reported_with_model_and_expected_shapes(pytester
     result = pytester.runpytest("-k", "head_matches", "--zoo-examples=2")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*resnet18: replace_head hook with num_classes=* does not match*", "*missing: fc.bias (*,)*"]
+        [
+            "*resnet18: the model's state_dict after replace_head differs from torchvision's resnet18(*)*",
+            "*hook:*replace_head -> TestForgetsBias.replace_head (*.py:7)",
+            "*missing: fc.bias (*,)*",
+            "*defect:*fc.bias is missing: the new layer lacks a parameter the builder's has (bias=False?)*",
+        ]
     )
 
 
