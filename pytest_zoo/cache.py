@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import weakref
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,23 +268,36 @@ class ModelCache:
     def _count_oracle_build(self) -> None:
         self.stats.oracle_builds += 1
 
+    def _drop(self, key: Hashable) -> weakref.ref[nn.Module]:
+        model = self._entries.pop(key).model
+        self._by_id.pop(id(model), None)
+        return weakref.ref(model)
+
     def release(self, keep: str | None = None) -> int:
         """Drop every model and oracle not in group ``keep`` and return the memory; how many went."""
         gone = [k for k, e in self._entries.items() if e.group != keep]
-        for key in gone:
-            self._by_id.pop(id(self._entries.pop(key).model), None)
+        survivors = [self._drop(key) for key in gone]
         stale = [k for k, (g, _) in self._oracles.items() if g != keep]
         for key in stale:
             del self._oracles[key]
         if gone:
             self.stats.releases += len(gone)
-            gc.collect()  # modules form reference cycles (hooks, parents): free them now, not later
+            # Reference counting frees a plain model at once. A full collection (a second or more
+            # once torch is loaded) only for a model that a reference cycle (a hook closing over
+            # it, a traceback) keeps alive and that holds real memory; meta tensors hold none.
+            if any((m := ref()) is not None and _holds_memory(m) for ref in survivors):
+                gc.collect()
             if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
                 torch.cuda.empty_cache()
         return len(gone)
 
     def __iter__(self) -> Iterator[Hashable]:
         return iter(list(self._entries))
+
+
+def _holds_memory(model: nn.Module) -> bool:
+    tensors = (*model.parameters(), *model.buffers())
+    return any(t.device.type != "meta" for t in tensors)
 
 
 _ACTIVE: ModelCache | None = None
