@@ -6,7 +6,12 @@
 
 Oracles never come from the code under test: head shapes are compared with torchvision's own
 builder called with ``num_classes=n`` (built structurally, on the meta device), and the parameters
-that must train are the ones whose shape depends on the class count.
+that must train are the ones whose shape depends on the class count. For architectures with no
+builder (``builder_oracle = False``) that set is what ``replace_head`` observably changes between
+n and n + 1 classes, so ``freeze_backbone`` is still judged by something other than itself.
+
+Every failure is a :class:`ConformanceFailure` rendered by :mod:`pytest_zoo.failures`: model,
+drawn inputs, the hook and where it is defined, expected vs found, the defect, how to reproduce.
 """
 
 from __future__ import annotations
@@ -79,10 +84,12 @@ class ZooConformance:
     """Conformance checks for models built from the torchvision zoo.
 
     Subclass it in a test module named ``Test...``; pytest-zoo parametrizes every check by the
-    selected model names (``models`` below, intersected with ``--zoo-models`` when given).
+    selected model names (``models`` below, intersected with ``--zoo-models`` when given). To opt
+    out of one check, set it to ``None`` in the subclass.
     """
 
-    #: fnmatch patterns of the builder names this class checks.
+    #: fnmatch patterns of the builder names this class checks; a plain name torchvision does not
+    #: know is kept as given, for a ``build_model`` hook that builds a model of your own.
     models: ClassVar[Iterable[str]] = ("*",)
     #: Whether torchvision's builder (``num_classes=n``) is a valid oracle for your models; switch it
     #: off for architectures of your own, and the checks derive head shapes from your hooks instead.
