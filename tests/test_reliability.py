@@ -15,6 +15,7 @@ import pytest
 import torch  # imported here so that in-process pytester runs never re-import it
 import torchvision
 from torchvision.models import ResNet18_Weights
+from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
 
 import pytest_zoo
 import pytest_zoo.checks  # keeps one adapter registry across in-process pytester runs
@@ -435,16 +436,20 @@ def test_header_names_versions_device_and_selection(pytester: pytest.Pytester) -
 
 def test_zoo_list_prints_the_table_and_runs_nothing(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_must_not_run(): raise SystemExit('ran')")
-    result = pytester.runpytest("--zoo-models=resnet18,squeezenet1_1", "--zoo-list")
+    result = pytester.runpytest("--zoo-models=resnet18,squeezenet1_1,ssdlite*", "--zoo-list")
     assert result.ret == pytest.ExitCode.OK
     resnet_params = f"{ResNet18_Weights.DEFAULT.meta['num_params']:,}"
+    coco = len(SSDLite320_MobileNet_V3_Large_Weights.DEFAULT.meta["categories"])
     result.stdout.fnmatch_lines(
         [
             "model*task*family*head (adapter)*parameters*classes*weights",
             f"resnet18*classification*resnet*fc*{resnet_params}*1000*ResNet18_Weights: IMAGENET1K_V1[*]",
             "squeezenet1_1*classification*squeezenet*classifier.1*1000*SqueezeNet1_1_Weights: "
             "IMAGENET1K_V1[*]",
-            "2 model(s); * marks the DEFAULT weights*",
+            # six per-feature-map heads in one cell; classes, not anchors x classes
+            "ssdlite320_mobilenet_v3_large*detection*"
+            f"head.classification_head.module_list.{{0..5}}.1 *{coco} *",
+            "3 model(s); * marks the DEFAULT weights*",
         ]
     )
     result.stdout.no_fnmatch_line("*must_not_run*")
