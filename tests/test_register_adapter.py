@@ -132,3 +132,47 @@ def test_strict_gate_fails_before_registering_and_passes_after(pytester: pytest.
         ]
     )
     result.assert_outcomes(passed=len(checks), failed=len(checks), skipped=2)
+
+
+BILINEAR_GATE = '''
+from torch import nn
+
+from pytest_zoo import ZooConformance
+
+
+class BiNet(nn.Module):
+    """No Linear or Conv layer at all: nothing for the kit to infer a head from."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Bilinear(3, 3, 10)
+
+    def forward(self, x):
+        features = self.pool(x)
+        return self.head(features, features)
+
+
+class TestBiNet(ZooConformance):
+    models = ("binet",)
+    builder_oracle = False
+
+    def build_model(self, name):
+        return BiNet()
+'''
+
+
+def test_user_gate_fails_rather_than_skips_a_model_with_no_head_to_find(pytester: pytest.Pytester) -> None:
+    """The shipped suite skips a model it cannot place a head in; a user's gate listed it on purpose."""
+    pytester.makepyfile(test_binet=BILINEAR_GATE)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--zoo-examples=1", "-k", "freeze_counts"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ConformanceFailure: binet: pytest-zoo does not know where the head of test_binet.BiNet is.*",
+            "*pytest_zoo.register_adapter(BiNet, heads=[[]'<dotted.path.to.head>'[]])*",
+            "*(inference: cannot infer the head of test_binet.BiNet: it has no Linear or Conv layer.*",
+        ]
+    )
