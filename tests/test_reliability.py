@@ -321,6 +321,7 @@ def test_a_session_fixture_may_change_global_state_for_the_whole_run(
 # -- fault isolation ------------------------------------------------------------------------------
 
 FAULTY_ZOO = """
+    import pytest
     import torch
     from torch import nn
     import pytest_zoo
@@ -361,6 +362,10 @@ FAULTY_ZOO = """
             if name == "b_broken_builder":
                 raise RuntimeError("builder exploded: missing config key 'depth'")
             return {"a_greedy": Greedy, "c_no_adapter": Unregistered}.get(name, Tiny)()
+
+    @pytest.mark.parametrize("zoo_model_name", ["e_plain"])
+    def test_freeze_my_own_way(zoo_model_name):
+        pytest_zoo.freeze_backbone(Unregistered())  # raises NoAdapterError, straight from the kit
 """
 
 
@@ -382,8 +387,9 @@ def test_a_broken_model_fails_or_skips_only_its_own_tests_and_the_summary_lists_
     )
     outcomes = result.parseoutcomes()
     # d_fine: 3 passed. a_greedy: freeze passes, the two forward checks fail with the OOM reason.
-    # b_broken_builder: all 3 fail. c_no_adapter: all 3 skip.
-    assert (outcomes.get("passed"), outcomes.get("failed"), outcomes.get("skipped")) == (4, 5, 3)
+    # b_broken_builder: all 3 fail. c_no_adapter: a user's gate lists it, so all 3 fail with the
+    # register_adapter recipe. e_plain: a plain zoo test hitting NoAdapterError skips with it.
+    assert (outcomes.get("passed"), outcomes.get("failed"), outcomes.get("skipped")) == (4, 8, 1)
     result.stdout.fnmatch_lines(
         [
             "*ModelOutOfMemoryError: a_greedy ran out of memory on cpu during test call "
@@ -393,18 +399,20 @@ def test_a_broken_model_fails_or_skips_only_its_own_tests_and_the_summary_lists_
     result.stdout.fnmatch_lines(
         ["*pytest-zoo: raised while checking model 'b_broken_builder' (family unknown, task unknown)*"]
     )
-    result.stdout.fnmatch_lines(["SKIPPED*c_no_adapter: no head adapter: pytest-zoo does not know where*"])
+    result.stdout.fnmatch_lines(["SKIPPED*e_plain: no head adapter: pytest-zoo does not know where*"])
     result.stdout.fnmatch_lines(
         [
             "*= pytest-zoo: results per family =*",
             "family*models*passed*failed*skipped",
-            "unknown*4*4*5*3",
+            "unknown*5*4*8*1",
             "not passed:",
             "  a_greedy (unknown) FAILED test_forward_shape, test_gradients_reach_head_only: "
             "*ModelOutOfMemoryError: a_greedy ran out of memory*",
             "  b_broken_builder (unknown) FAILED test_forward_shape, test_freeze_counts, "
             "test_gradients_reach_head_only: RuntimeError: builder exploded*",
-            "  c_no_adapter (unknown) SKIPPED *: c_no_adapter: no head adapter*",
+            "  c_no_adapter (unknown) FAILED test_forward_shape, test_freeze_counts, "
+            "test_gradients_reach_head_only: *c_no_adapter: pytest-zoo does not know where the head*",
+            "  e_plain (unknown) SKIPPED test_freeze_my_own_way: e_plain: no head adapter*",
         ]
     )
 
