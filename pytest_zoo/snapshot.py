@@ -206,9 +206,12 @@ def load_snapshot(path: Path) -> Snapshot:
             "Restore it from version control, or delete it and record a new one with --zoo-snapshot-update."
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        if not isinstance(data, dict):
+            found = f"a JSON {type(data).__name__}"
+        else:
+            found = f'"format": {data["format"]!r}' if "format" in data else 'no "format" key'
         raise SnapshotFileError(
-            f'{path} is not a pytest-zoo snapshot (expected "format": {FORMAT!r}, found {found!r}). '
+            f'{path} is not a pytest-zoo snapshot (expected "format": "{FORMAT}", found {found}). '
             "It was left untouched; point --zoo-snapshot at another path."
         )
     version = data.get("format_version")
