@@ -60,7 +60,7 @@ def test_example_project_passes_its_own_gate(pytester: pytest.Pytester) -> None:
 def test_head_swap_that_forgets_the_aux_heads(pytester: pytest.Pytester) -> None:
     root = copy_example(pytester)
     break_code(root, '"GoogLeNet": ("fc", "aux1.fc2", "aux2.fc2"),', '"GoogLeNet": ("fc",),')
-    result = run(pytester, "-k", "googlenet and (head_matches or forward_shape)")
+    result = run(pytester, "--zoo-examples=1", "-k", "googlenet and (head_matches or forward_shape)")
     result.assert_outcomes(failed=2, passed=0)
     result.stdout.fnmatch_lines(
         [
@@ -96,7 +96,7 @@ def test_freeze_that_leaves_batchnorm_affine_parameters_trainable(pytester: pyte
             module.requires_grad_(False)
 """,
     )
-    result = run(pytester, "-k", "resnet18 and (freeze or gradients)")
+    result = run(pytester, "--zoo-examples=1", "-k", "resnet18 and (freeze or gradients)")
     result.assert_outcomes(failed=2, passed=0)
     result.stdout.fnmatch_lines(
         [
@@ -112,7 +112,7 @@ def test_freeze_that_leaves_batchnorm_affine_parameters_trainable(pytester: pyte
 def test_hard_coded_in_features(pytester: pytest.Pytester) -> None:
     root = copy_example(pytester)
     break_code(root, "nn.Linear(old.in_features, num_classes,", "nn.Linear(512, num_classes,")
-    result = run(pytester, "-k", "head_matches or (mobilenet and forward_shape)")
+    result = run(pytester, "--zoo-examples=1", "-k", "head_matches or (mobilenet and forward_shape)")
     # resnet18's head really takes 512 features, so the hard-coded value passes there, and only there.
     result.assert_outcomes(failed=4, passed=1)
     result.stdout.fnmatch_lines(
@@ -143,7 +143,7 @@ def test_head_built_without_the_models_dtype_and_device(pytester: pytest.Pyteste
         "nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)",
         "nn.Linear(old.in_features, num_classes)",
     )
-    result = run(pytester, "-k", "resnet18 and dtype")
+    result = run(pytester, "--zoo-examples=1", "-k", "resnet18 and dtype")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -185,6 +185,12 @@ class TestMine(ZooConformance):
         model = nn.Linear(4, 2)
         model.built_by = "hook"
         return model
+
+    def replace_head(self, model, num_classes):
+        return nn.Linear(4, num_classes)
+
+    def freeze_backbone(self, model):
+        pass
 
     def test_zoo_model_comes_from_the_hook(self, zoo_model_name, zoo_model, zoo_device):
         assert zoo_model_name == "mynet" and zoo_model.built_by == "hook"

@@ -5,6 +5,7 @@ This is the code under test. It deliberately does not use pytest-zoo: the kit on
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.models import get_model
 
@@ -35,7 +36,7 @@ class AcmeNet(nn.Module):
         )
         self.classifier = nn.Linear(2 * width, num_classes)
 
-    def forward(self, x):  # type: ignore[no-untyped-def]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
