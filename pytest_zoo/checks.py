@@ -198,13 +198,29 @@ class ZooConformance:
         """Expected state_dict shapes for ``n`` classes, from an oracle that is not the code under test.
 
         Builder oracle: torchvision's ``builder(num_classes=n)``. Without it: the model as built,
-        with the first dimension of every class-dependent parameter (see :meth:`_head_names`) set to
-        ``n`` and every other shape unchanged, so a head with the wrong input width still shows.
+        where each dimension that ``replace_head`` changes between ``probe`` and ``probe + 1``
+        classes follows that line (``n``, ``4 * n`` for box regressors, ``n + 1`` with a background
+        class) and every other dimension keeps its as-built size, so a head with the wrong input
+        width still shows.
         """
         if self.builder_oracle:
             return self._builder_oracle(name).shapes
-        original, dependent = _shapes(model), self._head_names(name, model)
-        return lambda n: {k: (n, *v[1:]) if k in dependent else v for k, v in original.items()}
+        probe = 3
+        original = _shapes(model)
+        low = _shapes(self.replace_head(copy.deepcopy(model), probe))
+        high = _shapes(self.replace_head(copy.deepcopy(model), probe + 1))
+
+        def expected(n: int) -> dict[str, tuple[int, ...]]:
+            shapes = dict(original)
+            for key, built in original.items():
+                a, b = low.get(key), high.get(key)
+                if a is None or b is None or a == b or not (len(a) == len(b) == len(built)):
+                    continue
+                grow = zip(a, b, built, strict=True)
+                shapes[key] = tuple(x + (y - x) * (n - probe) if x != y else o for x, y, o in grow)
+            return shapes
+
+        return expected
 
     def _head_names(self, name: str, model: nn.Module) -> set[str]:
         """The parameters that must train: those whose shape follows the class count.
