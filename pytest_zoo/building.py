@@ -24,6 +24,7 @@ __all__ = [
     "build_model",
     "builder_kwargs",
     "meta_fast_paths",
+    "real_init",
     "structural_init",
     "takes_num_classes",
 ]
@@ -54,6 +55,7 @@ def structural_init(*, cpu_default: bool = True) -> Iterator[None]:
             tensor = tensor.to("meta")
         register_buffer(self, name, tensor, persistent=persistent)
 
+    _UNPATCHED.append((register_parameter, register_buffer))
     nn.Module.register_parameter = to_meta_parameter  # type: ignore[method-assign]
     nn.Module.register_buffer = to_meta_buffer  # type: ignore[method-assign]
     try:
@@ -63,6 +65,29 @@ def structural_init(*, cpu_default: bool = True) -> Iterator[None]:
     finally:
         nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
         nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
+        _UNPATCHED.pop()
+
+
+#: The registration methods each active :func:`structural_init` replaced, outermost first.
+_UNPATCHED: list[tuple[Any, Any]] = []
+
+
+@contextlib.contextmanager
+def real_init() -> Iterator[None]:
+    """Suspend every active :func:`structural_init`: modules built here get real tensors.
+
+    For the one build in a structural run that needs values on purpose (``build_model(name,
+    device="cpu")``, e.g. a quantized conversion that calibrates on an image).
+    """
+    if not _UNPATCHED:
+        yield
+        return
+    patched = nn.Module.register_parameter, nn.Module.register_buffer
+    nn.Module.register_parameter, nn.Module.register_buffer = _UNPATCHED[0]  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = patched  # type: ignore[method-assign]
 
 
 _batch_norm = F.batch_norm
@@ -166,7 +191,8 @@ def build_model(
     """Build the torchvision model ``name`` with the kit's offline defaults (see :func:`builder_kwargs`).
 
     ``structural=True`` gives a model whose parameters live on the meta device: shapes, counts,
-    state_dict keys and meta-tensor forwards work; values do not exist.
+    state_dict keys and meta-tensor forwards work; values do not exist. An explicit ``device``
+    asks for values: the build is real even inside a :func:`structural_init` (a structural run).
     """
     from torchvision.models import get_model
 
@@ -177,6 +203,7 @@ def build_model(
         with structural_init():
             model: nn.Module = get_model(name, **kwargs)
         return model
-    with torch.device(device if device is not None else "cpu"):
+    values = real_init() if device is not None else contextlib.nullcontext()
+    with torch.device(device if device is not None else "cpu"), values:
         model = get_model(name, **kwargs)
     return model

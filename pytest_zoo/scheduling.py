@@ -72,7 +72,7 @@ def _tag_group(item: pytest.Item, group: str) -> None:
 #: How torch says an operation needs data that a meta tensor does not have.
 _NO_VALUES = re.compile(
     r"meta tensor|Meta kernel|with Meta tensors|cannot be called on meta|no data|register_meta|"
-    r"data-dependent|data-independent|on the meta device",
+    r"data-dependent|data-independent|on the meta device|device meta is not on the expected device",
     re.IGNORECASE,
 )
 
