@@ -114,6 +114,13 @@ class SnapshotItem(pytest.Item):
 
 @dataclass
 class SnapshotPlugin:
+    """One session's snapshot state and hooks.
+
+    ``recorded``/``removed`` are what this process (or, on the xdist controller, its workers) will
+    write; ``outcomes`` come from the test reports, which is the one channel both a plain run and
+    an xdist controller see, so the summary is built the same way in both.
+    """
+
     config: pytest.Config
     options: SnapshotOptions
     #: The file's content, or ``None`` when recording a new file.
