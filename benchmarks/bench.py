@@ -223,16 +223,23 @@ def ratio(naive: Run, kit: Run) -> str:
     return f"{naive.wall / kit.wall:.1f}x faster" if kit.wall > 0 else "n/a"
 
 
-def classification() -> list[str]:
-    import torchvision
+def _list_models(module: str) -> list[str]:
+    """Builder names, listed in a child process: importing torchvision here would raise this
+    process's resident memory, which every child inherits into its ``ru_maxrss`` across exec."""
+    code = f"import torchvision; print(','.join(torchvision.models.list_models({module})))"
+    return (
+        subprocess.run([PYTHON, "-c", code], check=True, capture_output=True, text=True)
+        .stdout.strip()
+        .split(",")
+    )
 
-    return list(torchvision.models.list_models(module=torchvision.models))
+
+def classification() -> list[str]:
+    return _list_models("module=torchvision.models")
 
 
 def every_builder() -> list[str]:
-    import torchvision
-
-    return list(torchvision.models.list_models())
+    return _list_models("")
 
 
 def section_structural(work: Path, examples: int, every: int, xdist: bool) -> list[str]:
