@@ -17,30 +17,62 @@ CHECKS = (
 )
 
 
+WEIGHTS_CHECKS = (
+    "test_schema",
+    "test_categories",
+    "test_num_params",
+    "test_ops",
+    "test_file_size",
+    "test_metrics",
+    "test_recipe",
+    "test_min_size",
+    "test_transforms",
+    "test_load_pretrained",
+)
+
+# Every session runs in a subprocess: an in-process pytester run drops the torch submodules it
+# imported when it ends, and torch cannot register its operators twice.
+
+
 def test_zoo_models_runs_every_check_for_exactly_the_selected_models(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--zoo-models=resnet18,mobilenet_v3_small", "--zoo-examples=2", "-v")
-    result.assert_outcomes(passed=2 * len(CHECKS))
-    for check in CHECKS:
-        result.stdout.fnmatch_lines([f"*TestZoo::{check}[[]mobilenet_v3_small[]] PASSED*"])
-        result.stdout.fnmatch_lines([f"*TestZoo::{check}[[]resnet18[]] PASSED*"])
+    result = pytester.runpytest_subprocess(
+        "--zoo-models=resnet18,mobilenet_v3_small", "--zoo-examples=2", "-v"
+    )
+    expected = {
+        f"TestZoo::{check}[{model}]" for check in CHECKS for model in ("mobilenet_v3_small", "resnet18")
+    }
+    expected |= {
+        f"TestZooWeights::{check}[{case}]"
+        for check in WEIGHTS_CHECKS
+        for case in ("mobilenet_v3_small-IMAGENET1K_V1", "resnet18-IMAGENET1K_V1")
+    }
+    passed = {line.split(" ")[0].split("::", 1)[1] for line in result.outlines if line.endswith("%]")}
+    assert passed == expected
+    result.assert_outcomes(passed=len(expected))
     result.stdout.fnmatch_lines(["zoo: 2 model(s) selected*"])
 
 
 def test_collection_is_sorted_and_honours_excludes(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nzoo_exclude = resnet1??\n")
-    result = pytester.runpytest("--zoo-models=resnet*,!resnet5?", "--collect-only", "-q")
-    ids = [line for line in result.outlines if "test_freeze_counts" in line]
+    result = pytester.runpytest_subprocess("--zoo-models=resnet*,!resnet5?", "--collect-only", "-q")
+    ids = [line for line in result.outlines if "TestZoo::test_freeze_counts" in line]
     assert [i.rsplit("[", 1)[1].rstrip("]") for i in ids] == ["resnet18", "resnet34"]
 
 
 def test_ini_key_selects_models(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nzoo_models = squeezenet1_1\nzoo_examples = 1\n")
-    result = pytester.runpytest("-k", "forward or freeze")
-    result.assert_outcomes(passed=2, deselected=3)
+    result = pytester.runpytest_subprocess("-k", "TestZoo and (forward or freeze)", "-v")
+    result.stdout.fnmatch_lines(
+        [
+            "*TestZoo::test_forward_shape[[]squeezenet1_1[]] PASSED*",
+            "*TestZoo::test_freeze_counts[[]squeezenet1_1[]] PASSED*",
+        ]
+    )
+    assert result.parseoutcomes()["passed"] == 2
 
 
 def test_unmatched_pattern_is_a_usage_error_with_suggestions(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--zoo-models=resnet18,rsenet5*")
+    result = pytester.runpytest_subprocess("--zoo-models=resnet18,rsenet5*")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*pattern 'rsenet5*' matches none of the 121 torchvision models*resnet50*"])
     result.stdout.no_fnmatch_line("*collected*")
@@ -64,7 +96,7 @@ def test_unmatched_pattern_is_a_usage_error_with_suggestions(pytester: pytest.Py
     ],
 )
 def test_bad_options_are_usage_errors(pytester: pytest.Pytester, args: list[str], message: str) -> None:
-    result = pytester.runpytest(*args)
+    result = pytester.runpytest_subprocess(*args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
 
@@ -83,7 +115,7 @@ def test_a_failing_head_swap_is_reported_with_model_and_expected_shapes(pytester
                 return model
         """
     )
-    result = pytester.runpytest("-k", "head_matches", "--zoo-examples=2")
+    result = pytester.runpytest_subprocess("-k", "head_matches", "--zoo-examples=2")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -97,7 +129,7 @@ def test_a_failing_head_swap_is_reported_with_model_and_expected_shapes(pytester
 
 def test_suite_is_not_collected_without_zoo_models(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_plain(): pass")
-    result = pytester.runpytest("-v")
+    result = pytester.runpytest_subprocess("-v")
     result.assert_outcomes(passed=1)
     result.stdout.no_fnmatch_line("*TestZoo*")
 
