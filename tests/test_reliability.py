@@ -251,18 +251,7 @@ CACHED_MODEL_TESTS = """
 
 @pytest.mark.parametrize(
     "order",
-    [
-        pytest.param(
-            "forward",
-            marks=pytest.mark.xfail(
-                reason="cache.ModelState.restore decides a buffer changed by its _version, and "
-                "BatchNorm updates running statistics without bumping it: layer1's running_mean "
-                "leaks into the next test",
-                strict=True,
-            ),
-        ),
-        "reversed",
-    ],
+    ["forward", "reversed"],
 )
 def test_a_cached_model_is_as_built_for_every_test_in_either_order(
     pytester: pytest.Pytester, order: str
