@@ -31,19 +31,9 @@ from .cache import HeadOracle, active_cache
 from .failures import FailureContext, exception_defects, hook_origin, parameter_groups, render, shape_defects
 from .families import InputSpec, find_family
 from .strategies import num_classes
+from .tasks import named_outputs
 
 __all__ = ["ZooConformance", "class_dependent_parameters", "named_outputs"]
-
-
-def named_outputs(output: object) -> dict[str, torch.Tensor]:
-    """Name every class-score tensor a classifier returns: a tensor, a named tuple of them, or a dict."""
-    if isinstance(output, torch.Tensor):
-        return {"logits": output}
-    if isinstance(output, tuple) and hasattr(output, "_asdict"):
-        return {k: v for k, v in output._asdict().items() if isinstance(v, torch.Tensor)}
-    if isinstance(output, Mapping):
-        return {str(k): v for k, v in output.items() if isinstance(v, torch.Tensor)}
-    raise TypeError(f"cannot interpret a model output of type {type(output).__qualname__}")
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
