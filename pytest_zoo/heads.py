@@ -141,8 +141,7 @@ def register_adapter(
     key = _class_key(model_class)
     if key in _REGISTRY and not replace:
         raise ValueError(
-            f"An adapter is already registered for {key}: {_REGISTRY[key]}. "
-            "Pass replace=True to override it."
+            f"An adapter is already registered for {key}: {_REGISTRY[key]}. Pass replace=True to override it."
         )
     adapter = HeadAdapter(
         tuple(heads),
@@ -208,9 +207,7 @@ def head_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def head_parameter_names(model: nn.Module) -> list[str]:
     """Fully qualified names of the head's parameters, as ``model.named_parameters()`` spells them."""
-    return [
-        f"{path}.{name}" for path, module in head_modules(model) for name, _ in module.named_parameters()
-    ]
+    return [f"{path}.{name}" for path, module in head_modules(model) for name, _ in module.named_parameters()]
 
 
 _REPLACEABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
