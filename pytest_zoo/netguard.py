@@ -111,7 +111,8 @@ def _request_url(request: object) -> str:
 
 
 @contextlib.contextmanager
-def _patched(target: object, name: str, replacement: object) -> Iterator[None]:
+def patched(target: object, name: str, replacement: object) -> Iterator[None]:
+    """Set ``target.name`` for the duration of the block, and put the original back however it ends."""
     original = getattr(target, name)
     setattr(target, name, replacement)
     try:
@@ -204,7 +205,7 @@ def network_guard(
             patches.append((hub, "download_url_to_file", download_url_to_file))
             # torch.hub.set_dir() wins over TORCH_HOME; point it into the temporary home as well.
             if hasattr(hub, "_hub_dir"):
-                stack.enter_context(_patched(hub, "_hub_dir", str(home / "hub")))
+                stack.enter_context(patched(hub, "_hub_dir", str(home / "hub")))
         for target, name, replacement in patches:
-            stack.enter_context(_patched(target, name, replacement))
+            stack.enter_context(patched(target, name, replacement))
         yield guard

@@ -208,23 +208,32 @@ def _argnames(mark: pytest.Mark) -> list[str]:
     return [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
 
 
+def _parametrize_zoo(metafunc: pytest.Metafunc, argname: str, cases: list[tuple[str, str]]) -> None:
+    """Parametrize ``argname`` by ``(id, model)`` cases, each marked ``zoo(model)``.
+
+    No case at all becomes one skipped test that says how to select models, rather than pytest's
+    bare "got empty parameter set".
+    """
+    if not cases:
+        reason = "no zoo models selected: pass --zoo-models=PATTERNS (or set the zoo_models ini key)"
+        metafunc.parametrize(
+            argname, [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-zoo-models")]
+        )
+        return
+    metafunc.parametrize(argname, [pytest.param(i, marks=pytest.mark.zoo(m), id=i) for i, m in cases])
+
+
 def _parametrize_weights(metafunc: pytest.Metafunc) -> None:
     """``zoo_weights``: one id per weights enum member of the selected models (``resnet50-IMAGENET1K_V2``)."""
     if any("zoo_weights" in _argnames(m) for m in metafunc.definition.iter_markers("parametrize")):
         return
     names = _models_for(metafunc.config, metafunc.cls)
-    if not names:
-        reason = "no zoo models selected: pass --zoo-models=PATTERNS (or set the zoo_models ini key)"
-        metafunc.parametrize(
-            "zoo_weights", [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-zoo-models")]
-        )
-        return
-    from .weights import weights_cases
+    cases = []
+    if names:
+        from .weights import weights_cases
 
-    cases = weights_cases(names)
-    metafunc.parametrize(
-        "zoo_weights", [pytest.param(c.id, marks=pytest.mark.zoo(c.model), id=c.id) for c in cases]
-    )
+        cases = [(c.id, c.model) for c in weights_cases(names)]
+    _parametrize_zoo(metafunc, "zoo_weights", cases)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -235,15 +244,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if any("zoo_model_name" in _argnames(m) for m in metafunc.definition.iter_markers("parametrize")):
         return  # the test names its models itself: @pytest.mark.parametrize("zoo_model_name", [...])
     names = _models_for(metafunc.config, metafunc.cls)
-    if not names:
-        reason = "no zoo models selected: pass --zoo-models=PATTERNS (or set the zoo_models ini key)"
-        metafunc.parametrize(
-            "zoo_model_name", [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="no-zoo-models")]
-        )
-        return
-    metafunc.parametrize(
-        "zoo_model_name", [pytest.param(n, marks=pytest.mark.zoo(n), id=n) for n in names], scope="function"
-    )
+    _parametrize_zoo(metafunc, "zoo_model_name", [(n, n) for n in names])
 
 
 @pytest.fixture(scope="session")

@@ -474,7 +474,7 @@ def load_pretrained_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) 
     The checkpoint must already be in ``torch_home`` (see :func:`fabricate_checkpoint`); any attempt
     to download raises :class:`~pytest_zoo.netguard.NetworkAccessError` naming the URL.
     """
-    from .netguard import network_guard
+    from .netguard import network_guard, patched
 
     expected = checkpoint_path(case.weights, torch_home)
     read: list[str] = []
@@ -484,7 +484,7 @@ def load_pretrained_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) 
         read.append(os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f))
         return original_load(f, *args, **kw)
 
-    with network_guard(torch_home=torch_home) as guard, _patched(torch, "load", load):
+    with network_guard(torch_home=torch_home) as guard, patched(torch, "load", load):
         model = case.builder(weights=case.weights, **kwargs)
     if guard.attempts:
         raise MetadataMismatch(f"{case.label}: loading tried the network: {guard.attempts}")
@@ -494,16 +494,6 @@ def load_pretrained_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) 
             "Does it load weights from somewhere other than torch.hub's cache?"
         )
     return model
-
-
-@contextlib.contextmanager
-def _patched(target: object, name: str, value: object) -> Iterator[None]:
-    original = getattr(target, name)
-    setattr(target, name, value)
-    try:
-        yield
-    finally:
-        setattr(target, name, original)
 
 
 def is_finite_number(value: object) -> TypeGuard[float]:
