@@ -1,0 +1,375 @@
+"""Value checks that prove a fine-tuned model trains: one optimiser step, finite outputs, full backward.
+
+The checks in :mod:`pytest_zoo.checks` are about shapes and ``requires_grad``; what breaks
+fine-tuning projects goes further. Each function here is one check's body: it takes a model and
+inputs the caller prepared (``TaskIO.inputs``), runs the step, and returns a :class:`CheckReport`
+(never raises for a failing model: an exception inside the model becomes a problem). The caller
+renders the report with the kit's failure layout.
+
+* :func:`training_step` -- ``model.train()``, SGD over *all* parameters, one step: what must train
+  moved, everything else is bit-identical, and so are the running statistics a frozen-statistics
+  policy promised to keep (pytorch/pytorch#86590);
+* :func:`finite_outputs` -- every output tensor (named tuples, dicts, lists of dicts) is finite;
+* :func:`full_backward` -- with everything trainable, every parameter gets a finite gradient;
+  parameters an architecture never uses are declared by the caller, not skipped;
+* :func:`nonfinite_state` -- NaN/inf parameters and buffers, by name (partial weights such as
+  VGG16 ``IMAGENET1K_FEATURES``, whose classifier is NaN);
+* :func:`uninitialised_as_nan` -- a context under which ``torch.empty`` returns NaN, so a head built
+  from uninitialised memory fails :func:`nonfinite_state` deterministically.
+
+On the meta device nothing has values: every check returns a report whose ``skipped`` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckReport",
+    "Inputs",
+    "Score",
+    "finite_outputs",
+    "full_backward",
+    "model_device",
+    "named_leaves",
+    "needs_values",
+    "nonfinite_state",
+    "training_step",
+    "uninitialised_as_nan",
+]
+
+#: Positional and keyword arguments of one ``model(*args, **kwargs)`` call: what ``TaskIO.inputs`` returns.
+Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+#: Turns a model output into the scalar to backpropagate (``TaskIO.score``, or a real loss).
+Score = Callable[[object], torch.Tensor]
+
+_NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The verdict of one value check.
+
+    ``problems`` are complete sentences naming what is wrong (empty when it passed); ``expected``
+    and ``found`` are small comparable summaries for the failure layout; ``details`` are extra
+    lines (e.g. the largest differences). ``skipped`` is set, and nothing was run, when the check
+    cannot run here (the meta device has no values): the caller turns it into ``pytest.skip``.
+    """
+
+    check: str
+    problems: tuple[str, ...] = ()
+    expected: Mapping[str, object] = field(default_factory=dict)
+    found: Mapping[str, object] = field(default_factory=dict)
+    details: tuple[str, ...] = ()
+    skipped: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.skipped is None and not self.problems
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model without any)."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device
+    return torch.device("cpu")
+
+
+def needs_values(
+    check: str, model: nn.Module, device: torch.device | str | None = None
+) -> CheckReport | None:
+    """A skipped report when ``model`` (or ``device``) is on the meta device, else ``None``."""
+    kind = torch.device(device).type if device is not None else model_device(model).type
+    if kind == "meta" or any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        return CheckReport(
+            check,
+            skipped=(
+                f"{check} needs tensor values, which --zoo-device=meta does not have; "
+                "structural mode checks shapes only, run it with --zoo-device=cpu"
+            ),
+        )
+    return None
+
+
+def named_leaves(output: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a model output, by path: ``output``, ``aux1``, ``out``, ``[0].boxes``, ``[1]``.
+
+    Named tuples (``GoogLeNetOutputs``) give their field names, dicts their keys, lists and plain
+    tuples their indices; anything else (``None``, numbers) holds no tensor.
+    """
+    if isinstance(output, torch.Tensor):
+        return {prefix or "output": output}
+    leaves: dict[str, torch.Tensor] = {}
+    if isinstance(output, tuple) and hasattr(output, "_asdict"):
+        items: Iterable[tuple[str, object]] = ((f".{k}", v) for k, v in output._asdict().items())
+    elif isinstance(output, Mapping):
+        items = ((f".{k}", v) for k, v in output.items())
+    elif isinstance(output, list | tuple):
+        items = ((f"[{i}]", v) for i, v in enumerate(output))
+    else:
+        return leaves
+    for suffix, value in items:
+        path = f"{prefix}{suffix}"
+        leaves.update(named_leaves(value, path.lstrip(".")))
+    return leaves
+
+
+def _nonfinite(tensor: torch.Tensor) -> str | None:
+    """``"3 NaN, 1 inf of 40 values"`` for a floating tensor with non-finite values, else ``None``."""
+    if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+        return None
+    values = tensor.detach()
+    nan = int(torch.isnan(values).sum())
+    inf = int(torch.isinf(values).sum())
+    if not nan and not inf:
+        return None
+    return f"{nan:,} NaN, {inf:,} inf of {values.numel():,} values"
+
+
+def _listed(names: Iterable[str], limit: int = 5) -> str:
+    ordered = sorted(names)
+    shown = ", ".join(ordered[:limit])
+    return f"{len(ordered)} ({shown}{', ...' if len(ordered) > limit else ''})"
+
+
+def _error(step: str, error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{step} raised {type(error).__name__}: {text[0][:300] if text else ''}"
+
+
+def _call(model: nn.Module, inputs: Inputs) -> object:
+    args, kwargs = inputs
+    return model(*args, **kwargs)
+
+
+def finite_outputs(
+    model: nn.Module, inputs: Inputs, *, train: bool, check: str = "finite outputs"
+) -> CheckReport:
+    """Run one forward (under ``no_grad``) in train or eval mode; every output tensor must be finite.
+
+    ``inputs`` must suit the mode: a detector in train mode needs targets (``TaskIO.inputs(...,
+    train=True)``) and returns a loss dict, whose losses are then the outputs. The report names
+    each non-finite output (``aux1: 20 NaN, 0 inf of 20 values``). A train-mode forward updates
+    BatchNorm running statistics, as training does; the caller's model cache restores them.
+    """
+    skipped = needs_values(check, model)
+    if skipped is not None:
+        return skipped
+    mode = "train" if train else "eval"
+    model.train(train)
+    try:
+        with torch.no_grad():
+            output = _call(model, inputs)
+    except Exception as error:
+        return CheckReport(check, problems=(_error(f"the {mode}-mode forward", error),))
+    leaves = named_leaves(output)
+    bad = {name: text for name, tensor in leaves.items() if (text := _nonfinite(tensor)) is not None}
+    problems = tuple(f"{mode}-mode output '{name}' is not finite: {text}" for name, text in bad.items())
+    if not leaves:
+        problems += (f"the {mode}-mode forward returned no tensor ({type(output).__name__})",)
+    return CheckReport(
+        check,
+        problems=problems,
+        expected={"non-finite outputs": []},
+        found={"non-finite outputs": sorted(bad)},
+    )
+
+
+def nonfinite_state(model: nn.Module, *, check: str = "finite parameters") -> CheckReport:
+    """Name every parameter and buffer holding NaN or inf.
+
+    For the weights-loading path (a checkpoint with NaN layers, e.g. VGG16 ``IMAGENET1K_FEATURES``
+    whose classifier is NaN, where swapping only the last layer leaves the others NaN), and, under
+    :func:`uninitialised_as_nan`, for a head built from ``torch.empty`` without initialisation.
+    """
+    skipped = needs_values(check, model)
+    if skipped is not None:
+        return skipped
+    state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    bad = {name: text for name, tensor in state.items() if (text := _nonfinite(tensor)) is not None}
+    problems: tuple[str, ...] = ()
+    if bad:
+        owners = sorted({name.rpartition(".")[0] or name for name in bad})
+        problems = (
+            f"{len(bad)} parameters/buffers hold NaN or inf, in the layers {_listed(owners)}: "
+            "a layer left uninitialised (torch.empty without an init) or loaded from partial "
+            "weights whose other layers are NaN; initialise or replace those layers too",
+        )
+    return CheckReport(
+        check,
+        problems=problems,
+        expected={"non-finite tensors": []},
+        found={"non-finite tensors": sorted(bad)},
+        details=tuple(f"{name}: {text}" for name, text in sorted(bad.items())[:10]),
+    )
+
+
+@contextlib.contextmanager
+def uninitialised_as_nan() -> Iterator[None]:
+    """Within this context, ``torch.empty`` (and every uninitialised allocation) is filled with NaN.
+
+    Run the ``replace_head`` hook inside it, then :func:`nonfinite_state`: a head whose weights come
+    from ``torch.empty``/``Tensor.new_empty`` without an initialiser is NaN, deterministically,
+    instead of holding whatever the allocator last freed (often plausible-looking numbers). It uses
+    torch's own mechanism (``torch.use_deterministic_algorithms`` with
+    ``torch.utils.deterministic.fill_uninitialized_memory``), in warn-only mode so that nothing the
+    hook does is refused; the previous settings are restored on exit.
+    """
+    import torch.utils.deterministic as deterministic
+
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = getattr(deterministic, "fill_uninitialized_memory", True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    setattr(deterministic, "fill_uninitialized_memory", True)  # noqa: B010 (a module property)
+    try:
+        yield
+    finally:
+        setattr(deterministic, "fill_uninitialized_memory", fill)  # noqa: B010
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def full_backward(
+    model: nn.Module,
+    inputs: Inputs,
+    score: Score,
+    *,
+    declared_without_grad: Mapping[str, str] | None = None,
+    check: str = "full backward",
+) -> CheckReport:
+    """With every parameter trainable, one train-mode backward gives each a finite ``.grad``.
+
+    ``inputs`` are train-mode inputs (targets for detectors); ``score`` is ``TaskIO.score``.
+    ``declared_without_grad`` maps parameter names an architecture never uses in this forward to
+    the reason; they must get no gradient, and a declared one that does get one is reported as a
+    stale declaration. The model is left with ``requires_grad=True`` everywhere and its ``.grad``
+    set: the caller's model cache rebuilds or restores it.
+    """
+    skipped = needs_values(check, model)
+    if skipped is not None:
+        return skipped
+    declared = dict(declared_without_grad or {})
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+        parameter.grad = None
+    model.train()
+    try:
+        loss = score(_call(model, inputs))
+        loss.backward()  # type: ignore[no-untyped-call]
+    except Exception as error:
+        return CheckReport(check, problems=(_error("the train-mode forward and backward", error),))
+    params = dict(model.named_parameters())
+    without = {name for name, p in params.items() if p.grad is None}
+    bad = {n: t for n, p in params.items() if p.grad is not None and (t := _nonfinite(p.grad)) is not None}
+    problems = []
+    if not torch.isfinite(loss.detach()).all():
+        problems.append(f"the loss is not finite ({float(loss):.3g})")
+    if undeclared := without - declared.keys():
+        problems.append(
+            f"{_listed(undeclared)} parameters got no gradient with everything trainable: the forward "
+            "never uses them (a layer built but not called, or an output detached from it)"
+        )
+    if stale := (declared.keys() & params.keys()) - without:
+        problems.append(f"declared without a gradient but got one (stale declaration): {_listed(stale)}")
+    if bad:
+        problems.append(f"{_listed(bad)} parameters have NaN or inf gradients")
+    return CheckReport(
+        check,
+        problems=tuple(problems),
+        expected={"without grad": sorted(declared.keys() & params.keys()), "non-finite grads": []},
+        found={"without grad": sorted(without), "non-finite grads": sorted(bad)},
+        details=tuple(f"{name}.grad: {text}" for name, text in sorted(bad.items())[:10]),
+    )
+
+
+def training_step(
+    model: nn.Module,
+    inputs: Inputs,
+    score: Score,
+    *,
+    must_train: Collection[str],
+    frozen_norm_modules: Collection[str] = (),
+    lr: float = 0.1,
+    check: str = "training step",
+) -> CheckReport:
+    """One SGD step, as users take it, proves what trains and what stays frozen.
+
+    Calls ``model.train()`` first (so a freeze that ``train()`` undoes is caught), builds
+    ``torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=1e-4)`` over *all*
+    parameters, runs forward, ``score(output).backward()`` and ``step()``. Then:
+
+    * every parameter named in ``must_train`` changed (weight decay alone moves any non-zero
+      parameter with a gradient, so "unchanged" means it got no gradient);
+    * every other parameter is bit-identical (SGD skips parameters whose ``.grad`` is None);
+    * every module in ``frozen_norm_modules`` (dotted paths of the backbone's normalisation layers,
+      given when the declared policy freezes statistics; empty otherwise) kept ``running_mean``,
+      ``running_var`` and ``num_batches_tracked`` bit-identical.
+
+    ``inputs`` are train-mode inputs (a batch of 2 or more for BatchNorm; targets for detectors).
+    The step modifies the model's parameters in place; nothing is restored.
+    """
+    skipped = needs_values(check, model)
+    if skipped is not None:
+        return skipped
+    model.train()
+    params = dict(model.named_parameters())
+    if unknown := set(must_train) - params.keys():
+        return CheckReport(
+            check, problems=(f"must_train names parameters the model lacks: {_listed(unknown)}",)
+        )
+    before = {name: p.detach().clone() for name, p in params.items()}
+    norms: dict[str, torch.Tensor] = {}
+    for path in frozen_norm_modules:
+        module = model.get_submodule(path)
+        for buffer in _NORM_BUFFERS:
+            value = getattr(module, buffer, None)
+            if isinstance(value, torch.Tensor):
+                norms[f"{path}.{buffer}"] = value.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    optimizer.zero_grad(set_to_none=True)
+    try:
+        loss = score(_call(model, inputs))
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    except Exception as error:
+        return CheckReport(check, problems=(_error("the training step", error),))
+    changed = {name for name, p in params.items() if not torch.equal(p.detach(), before[name])}
+    stuck = set(must_train) - changed
+    moved = changed - set(must_train)
+    buffers = dict(model.named_buffers())
+    drifted = sorted({k.rpartition(".")[0] for k, v in norms.items() if not torch.equal(buffers[k], v)})
+    problems = []
+    if stuck:
+        frozen = {name for name in stuck if not params[name].requires_grad}
+        why = (
+            f"{len(frozen)} of them have requires_grad=False after model.train()"
+            if frozen
+            else "they got no gradient (the forward does not use them)"
+        )
+        problems.append(f"{_listed(stuck)} parameters that must train did not change in one SGD step: {why}")
+    if moved:
+        problems.append(
+            f"{_listed(moved)} parameters that must stay frozen changed in one SGD step over "
+            "model.parameters(): they still have requires_grad=True (or a .grad)"
+        )
+    if drifted:
+        problems.append(
+            f"running statistics moved in {_listed(drifted)} backbone normalisation layers under a "
+            "frozen-statistics policy: model.train() put them back in train mode; keep them in eval "
+            "mode with a forward pre-hook, or convert them to FrozenBatchNorm2d"
+        )
+    if not torch.isfinite(loss.detach()).all():
+        problems.append(f"the loss is not finite ({float(loss):.3g})")
+    return CheckReport(
+        check,
+        problems=tuple(problems),
+        expected={"changed": len(set(must_train)), "frozen norm layers moved": 0},
+        found={"changed": len(changed), "frozen norm layers moved": len(drifted)},
+        details=(f"loss {float(loss):.4g}", f"changed: {_listed(changed)}"),
+    )
