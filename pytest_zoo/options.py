@@ -7,6 +7,7 @@ bad value and what is valid, before a single model is built.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,18 @@ from .selection import Patterns, SelectionError, parse_patterns
 
 __all__ = [
     "DEFAULT_EXAMPLES",
+    "SUITE_MODES",
     "SnapshotOptions",
     "ZooOptions",
     "add_options",
     "read_options",
+    "read_report_path",
     "read_snapshot_options",
 ]
 
 DEFAULT_EXAMPLES = 3
+#: ``--zoo-suite``: ``auto`` collects the shipped suite only when no gate class was collected.
+SUITE_MODES = ("auto", "yes", "no")
 _DEVICE = re.compile(r"^(auto|cpu|meta|mps|cuda(:\d+)?)$")
 
 
@@ -36,6 +41,10 @@ class ZooOptions:
     examples: int
     #: ``--zoo-tasks``: only models of these tasks are selected; empty means every task.
     tasks: tuple[str, ...] = ()
+    #: Where ``examples`` came from: ``--zoo-examples``, ``ini option zoo_examples`` or ``default``.
+    examples_source: str = "default"
+    #: ``--zoo-suite``: whether ``--zoo-models`` collects the shipped suite (see :data:`SUITE_MODES`).
+    suite: str = "auto"
 
     @property
     def requested(self) -> bool:
@@ -91,12 +100,29 @@ def add_options(parser: pytest.Parser) -> None:
         help="record the selected models into the --zoo-snapshot file instead of comparing; other "
         "entries are kept, entries of models torchvision no longer has are removed.",
     )
+    group.addoption(
+        "--zoo-suite",
+        metavar="auto|yes|no",
+        help="whether --zoo-models also runs the shipped conformance suite: auto (default) runs it "
+        "only when no gate class (ZooConformance/WeightsConformance subclass) was collected; yes "
+        "always; no never. ini: zoo_suite.",
+    )
+    group.addoption(
+        "--zoo-report",
+        metavar="PATH",
+        help="write a conformance report (model x check) as Markdown to PATH and as JSON beside it "
+        "(PATH with the suffix .json), merged over xdist workers. ini: zoo_report.",
+    )
     parser.addini("zoo_models", "zoo models to check (globs, comma-separated)", default="")
     parser.addini("zoo_exclude", "zoo models to leave out (globs, comma-separated)", default="")
     parser.addini("zoo_tasks", f"zoo tasks to check, comma-separated ({', '.join(TASKS)})", default="")
     parser.addini("zoo_device", "device for the zoo checks", default="auto")
-    parser.addini("zoo_examples", "Hypothesis examples per zoo check", default=str(DEFAULT_EXAMPLES))
+    parser.addini(
+        "zoo_examples", f"Hypothesis examples per zoo check (default {DEFAULT_EXAMPLES})", default=""
+    )
     parser.addini("zoo_snapshot", "upgrade snapshot file, relative to the ini file", default="")
+    parser.addini("zoo_suite", "auto, yes or no: whether zoo_models runs the shipped suite", default="auto")
+    parser.addini("zoo_report", "conformance report (Markdown; JSON beside it), relative to the ini file")
 
 
 def _value(config: pytest.Config, name: str) -> tuple[str, str]:
@@ -129,6 +155,8 @@ def read_options(config: pytest.Config) -> ZooOptions:
         )
 
     examples_text, examples_src = _value(config, "zoo_examples")
+    if not examples_text.strip() and config.getoption("zoo_examples") is None:
+        examples_text, examples_src = str(DEFAULT_EXAMPLES), "default"
     try:
         examples = int(examples_text)
     except ValueError:
@@ -141,7 +169,55 @@ def read_options(config: pytest.Config) -> ZooOptions:
     tasks = read_tasks(config)
     if tasks and not patterns.include:
         patterns = Patterns(("*",), patterns.exclude)
-    return ZooOptions(patterns=patterns, device=device, examples=examples, tasks=tasks)
+    suite, suite_src = _value(config, "zoo_suite")
+    suite = suite.strip().lower()
+    if suite not in SUITE_MODES:
+        raise pytest.UsageError(f"{suite_src}={suite!r} is not one of {', '.join(SUITE_MODES)}.")
+    return ZooOptions(
+        patterns=patterns,
+        device=device,
+        examples=examples,
+        tasks=tasks,
+        examples_source=examples_src,
+        suite=suite,
+    )
+
+
+def read_report_path(config: pytest.Config) -> Path | None:
+    """``--zoo-report``/``zoo_report``: the Markdown path, checked to be writable now.
+
+    A path that cannot be written is a usage error before a single model is built, not a
+    traceback after an hour of checks. The JSON goes beside it, with the suffix ``.json``.
+    """
+    cli = config.getoption("zoo_report")
+    if cli is not None:
+        source, text = "--zoo-report", str(cli).strip()
+        base = config.invocation_params.dir
+    else:
+        source, text = "ini option zoo_report", str(config.getini("zoo_report") or "").strip()
+        base = config.inipath.parent if config.inipath is not None else config.rootpath
+        if not text:
+            return None
+    if not text:
+        raise pytest.UsageError("--zoo-report is empty. Give a file path, e.g. --zoo-report=zoo-report.md")
+    path = base / text
+    problem = None
+    if path.suffix == ".json":
+        problem = "the report path names the Markdown file; the JSON is written beside it"
+    elif path.is_dir():
+        problem = "it is a directory"
+    elif not path.parent.is_dir():
+        problem = f"the directory {path.parent} does not exist"
+    elif not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        problem = "it is not writable"
+    elif path.with_suffix(".json").is_dir():
+        problem = f"{path.with_suffix('.json')} (where the JSON goes) is a directory"
+    if problem is not None:
+        raise pytest.UsageError(
+            f"{source}={text}: cannot write the zoo report to {path}: {problem}. "
+            "Give a writable file path such as zoo-report.md (the JSON goes to zoo-report.json)."
+        )
+    return path
 
 
 def read_tasks(config: pytest.Config) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,10 +21,11 @@ from .options import (
     add_options,
     check_conflicts,
     read_options,
+    read_report_path,
     read_snapshot_options,
     resolve_device,
 )
-from .selection import SelectionError, parse_patterns, select_models
+from .selection import SelectionError, parse_patterns, require_matches, select_models
 
 if TYPE_CHECKING:
     import torch
@@ -37,10 +39,12 @@ SUITE_NODEID = "pytest-zoo"
 _GLOB = re.compile(r"[*?\[]")
 
 
-@dataclass
+@dataclass(eq=False)  # eq=False keeps it hashable, like everything the kit hands to pytest
 class ZooState:
     options: ZooOptions
-    #: The selected builder names, sorted, or ``None`` when no zoo models were requested.
+    #: The selected torchvision builder names, sorted, or ``None`` when no zoo models were
+    #: requested. Possibly empty: a pattern may name a model only a gate class lists, which is
+    #: known after collection (see ``pytest_collection_modifyitems``).
     selected: list[str] | None
 
 
@@ -56,11 +60,12 @@ def pytest_configure(config: pytest.Config) -> None:
     options = read_options(config)
     selected = None
     if options.requested:
+        strict = bool(config.getoption("zoo_list", False))  # no collection follows --zoo-list
         try:
-            selected = select_models(options.patterns)
+            selected = select_models(options.patterns, strict=strict)
         except SelectionError as exc:
             raise pytest.UsageError(str(exc)) from None
-        if options.tasks:
+        if options.tasks and selected:
             selected = _select_tasks(selected, options.tasks)
     config.stash[STATE_KEY] = ZooState(options=options, selected=selected)
     check_conflicts(config, options)
@@ -81,6 +86,11 @@ def pytest_configure(config: pytest.Config) -> None:
         from .snapshot_plugin import register
 
         register(config, snapshot)
+    report = read_report_path(config)
+    if report is not None:
+        from .report import ZooReport
+
+        config.pluginmanager.register(ZooReport(config, report), "pytest-zoo-report")
 
 
 def _select_tasks(names: list[str], tasks: tuple[str, ...]) -> list[str]:
@@ -125,26 +135,96 @@ def _state(config: pytest.Config) -> ZooState:
     return config.stash[STATE_KEY]
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
     state = _state(config)
     if state.selected is None:
         return None
     from .report import header_line
 
-    return header_line(len(state.selected), resolve_device(state.options.device), state.options.device)
+    examples, source = zoo_examples(config)
+    return [
+        header_line(len(state.selected), resolve_device(state.options.device), state.options.device),
+        f"zoo: {examples} Hypothesis example(s) per check ({source}), no deadline, no shrinking",
+    ]
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    """Add the shipped suite when zoo models are requested, before -k/-m deselect anything."""
-    if _state(config).selected is None:
+    """Add the shipped suite when zoo models are requested, before -k/-m deselect anything.
+
+    ``--zoo-suite=auto`` (the default) adds it only when no gate class was collected: in a
+    project with gates, ``--zoo-models`` narrows the gates. Then every pattern must match a model
+    this session can run, else it is a usage error (exit code 4) listing what is selectable.
+    """
+    state = _state(config)
+    if state.selected is None:
         return
-    module = pytest.Module.from_parent(session, path=SUITE_PATH, nodeid=SUITE_NODEID)
-    for name in ("TestZoo", "TestZooWeights"):
-        suite = pytest.Class.from_parent(module, name=name)
-        items.extend(item for item in session.genitems(suite) if isinstance(item, pytest.Item))
+    gates = _gate_classes(items)
+    suite = state.options.suite == "yes" or (state.options.suite == "auto" and not gates)
+    if suite:
+        module = pytest.Module.from_parent(session, path=SUITE_PATH, nodeid=SUITE_NODEID)
+        for name in ("TestZoo", "TestZooWeights"):
+            shipped = pytest.Class.from_parent(module, name=name)
+            items.extend(item for item in session.genitems(shipped) if isinstance(item, pytest.Item))
+    _require_known(config, state, items, gates, suite)
+
+
+def _gate_classes(items: list[pytest.Item]) -> list[type]:
+    """The gate classes (conformance subclasses that list ``models``) among the collected items."""
+    seen: dict[type, None] = {}
+    for item in items:
+        cls = getattr(item, "cls", None)
+        if (
+            cls is not None
+            and cls not in seen
+            and getattr(cls, "models", None)
+            and (_is_conformance_class(cls) or _is_weights_class(cls))
+        ):
+            seen[cls] = None
+    return list(seen)
+
+
+def _require_known(
+    config: pytest.Config, state: ZooState, items: list[pytest.Item], gates: list[type], suite: bool
+) -> None:
+    """Refuse a ``--zoo-models`` pattern that matches nothing this session can run."""
+    from .reliability import zoo_model_of
+
+    known: set[str] = set()
+    parts = []
+    for cls in gates:
+        try:
+            names = _class_models(cls)
+        except SelectionError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        known.update(names)
+        parts.append(f"{cls.__qualname__}: {', '.join(names)}")
+    free_form = any(
+        getattr(item, "cls", None) not in gates and zoo_model_of(item) is not None for item in items
+    )
+    snapshot = config.pluginmanager.get_plugin("pytest-zoo-snapshot")
+    if suite or free_form or snapshot is not None or not gates:
+        from torchvision.models import list_models
+
+        torchvision_models = list_models()
+        known.update(torchvision_models)
+        parts.append(f"the {len(torchvision_models)} torchvision models")
+        if snapshot is not None and snapshot.snapshot is not None:
+            known.update(snapshot.snapshot.models)
+    if gates and not suite:
+        parts.append(
+            "(the shipped suite is not collected because gate classes were; --zoo-suite=yes adds it)"
+        )
+    try:
+        require_matches(state.options.patterns, sorted(known), where="; ".join(parts))
+    except SelectionError as exc:
+        raise pytest.UsageError(f"{_patterns_source(config)}: {exc}") from None
+
+
+def _patterns_source(config: pytest.Config) -> str:
+    return "--zoo-models" if config.getoption("zoo_models") is not None else "ini option zoo_models"
 
 
 def _is_conformance_class(cls: type | None) -> bool:
@@ -257,21 +337,54 @@ def zoo_device(pytestconfig: pytest.Config) -> torch.device:
 
 @pytest.fixture(scope="session")
 def zoo_hypothesis_settings(pytestconfig: pytest.Config) -> settings:
-    """Hypothesis settings for model-sized examples: no deadline, ``--zoo-examples`` examples."""
+    """Hypothesis settings for model-sized examples: the active profile, adjusted for model checks.
+
+    Everything comes from the active Hypothesis profile (``--hypothesis-profile``, or one loaded
+    in a conftest): ``derandomize``, ``database``, ``verbosity``, ``--hypothesis-seed``, the
+    backend. The kit changes four things, because every example is a model build or a forward
+    pass: no deadline, the too-slow/data-too-large health checks off, no shrink/explain phases,
+    and the number of examples (see :func:`zoo_examples`).
+    """
     from hypothesis import HealthCheck, Phase, settings
 
+    profile = settings.default
+    assert profile is not None  # Hypothesis always has a current profile
+    kept = (Phase.explicit, Phase.reuse, Phase.generate)
     return settings(
-        max_examples=_state(pytestconfig).options.examples,
+        parent=profile,
+        max_examples=zoo_examples(pytestconfig)[0],
         deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        # No shrink/explain phases: every example is a model build or forward pass, and shrinking a
-        # failure of one took minutes on a CPU runner (Hypothesis shrinks for up to five). The
-        # failing example is reported as drawn, and the database still replays it on the next run.
-        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+        suppress_health_check=[
+            *profile.suppress_health_check,
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+        ],
+        # No shrink/explain phases: shrinking a failure of one model check took minutes on a CPU
+        # runner (Hypothesis shrinks for up to five). The failing example is reported as drawn,
+        # and the database still replays it on the next run.
+        phases=[phase for phase in profile.phases if phase in kept],
         # The checks run Hypothesis on inner functions a user cannot decorate, so a
         # ``@reproduce_failure`` blob would be a dead end; failures say how to reproduce instead.
         print_blob=False,
     )
+
+
+def zoo_examples(config: pytest.Config) -> tuple[int, str]:
+    """Examples per zoo check, and where the number came from.
+
+    ``--zoo-examples`` wins, then the ``zoo_examples`` ini key, then the active Hypothesis
+    profile's ``max_examples`` where the user changed it from Hypothesis' default, then 3.
+    """
+    options = _state(config).options
+    if options.examples_source != "default":
+        return options.examples, options.examples_source
+    if "hypothesis" in sys.modules:  # loaded by its pytest plugin whenever a hypothesis option is used
+        from hypothesis import settings
+
+        current = settings().max_examples  # the active profile's
+        if current != settings.get_profile("default").max_examples:
+            return current, f"hypothesis profile {settings.get_current_profile_name()!r}"
+    return options.examples, "default"
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ Around each zoo test, from the start of setup to the end of teardown:
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -65,6 +66,35 @@ def _shared_fixtures(item: pytest.Item) -> frozenset[str]:
             ):
                 ready.add(f"{name} ({module})")
     return frozenset(ready)
+
+
+@contextlib.contextmanager
+def _hypothesis_statistics(item: pytest.Item) -> Generator[None, None, None]:
+    """Hand the statistics of the Hypothesis runs inside a zoo check to Hypothesis' pytest plugin.
+
+    The checks run ``@given`` on inner functions, which that plugin does not see: it collects
+    statistics only around a test function that is itself a Hypothesis test. So for a zoo test
+    the kit collects them, one block per inner run, into ``item.hypothesis_statistics``, where the
+    plugin picks them up for ``--hypothesis-show-statistics`` (and ships them through xdist).
+    """
+    if zoo_model_of(item) is None or "hypothesis" not in sys.modules:
+        yield
+        return
+    from hypothesis import is_hypothesis_test
+    from hypothesis.statistics import collector, describe_statistics
+
+    if is_hypothesis_test(getattr(item, "obj", None)):
+        yield  # Hypothesis' own plugin collects them
+        return
+    blocks: list[str] = []
+
+    def note(stats: Any) -> None:
+        stats["nodeid"] = item.nodeid if not blocks else f"{item.nodeid} (run {len(blocks) + 1})"
+        blocks.append(describe_statistics(stats))
+        item.hypothesis_statistics = "\n".join(blocks)  # type: ignore[attr-defined]
+
+    with collector.with_value(note):  # type: ignore[arg-type]  # typed DynamicVariable[None]
+        yield
 
 
 @dataclass
@@ -147,7 +177,8 @@ class ZooReliability:
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
-        return (yield from self._isolated(item, "call"))
+        with _hypothesis_statistics(item):
+            return (yield from self._isolated(item, "call"))
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, object, object]:

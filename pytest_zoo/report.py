@@ -8,12 +8,17 @@ summary is computed from the reports alone, so it is the same with and without `
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
+import json
+import os
 import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,11 +27,13 @@ from .families import find_family
 __all__ = [
     "ModelRow",
     "ZooOutcome",
+    "ZooReport",
     "collect_outcomes",
     "header_line",
     "list_rows",
     "model_properties",
     "render_list",
+    "render_report",
     "render_summary",
 ]
 
@@ -277,3 +284,168 @@ def render_summary(outcomes: Sequence[ZooOutcome]) -> list[str]:
             short = reason if len(reason) <= 200 else reason[:197] + "..."
             lines.append(f"  {model} ({family}) {outcome.upper()} {', '.join(tests)}: {short}")
     return lines
+
+
+# -- --zoo-report: the conformance matrix for CI ---------------------------------------------------
+
+_SHIPPED_CLASSES = ("TestZoo", "TestZooWeights")
+_MARK = {
+    "passed": "✅ passed",
+    "failed": "❌ failed",
+    "error": "💥 error",
+    "skipped": "⏭️ skipped",
+    "xfailed": "⚠️ xfailed",
+}
+
+
+@dataclass
+class ReportEntry:
+    nodeid: str
+    model: str
+    check: str
+    outcome: str = "passed"
+    reason: str = ""
+
+
+def check_name(nodeid: str) -> str:
+    """The report's column for a test id: the test's name, with its class for a user's gate class.
+
+    ``pytest-zoo::TestZoo::test_forward_shape[resnet18]`` -> ``test_forward_shape``;
+    ``tests/test_gate.py::TestAcme::test_forward_shape[acmenet]`` -> ``TestAcme.test_forward_shape``;
+    a snapshot check (``zoo-snapshot::resnet18``) -> ``snapshot``.
+    """
+    parts = nodeid.split("::")
+    if parts[0] == "zoo-snapshot":
+        return "snapshot"
+    name = parts[-1].split("[", 1)[0]
+    cls = parts[-2] if len(parts) > 2 else None
+    return name if cls is None or cls in _SHIPPED_CLASSES else f"{cls}.{name}"
+
+
+def _report_model(report: pytest.TestReport) -> str | None:
+    if report.nodeid.startswith("zoo-snapshot::"):
+        return report.nodeid.split("::", 1)[1]
+    for key, value in report.user_properties:
+        if key == "model":
+            return str(value)
+    return None
+
+
+class ZooReport:
+    """``--zoo-report=PATH``: a Markdown matrix (model x check) and the same data as JSON.
+
+    Built from the test reports alone, so under pytest-xdist the controller, which receives every
+    worker's reports, writes one merged file; workers write nothing.
+    """
+
+    def __init__(self, config: pytest.Config, path: Path) -> None:
+        self.config = config
+        self.path = path
+        self.entries: dict[str, ReportEntry] = {}
+        self.written = ""
+
+    @property
+    def json_path(self) -> Path:
+        return self.path.with_suffix(".json")
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        model = _report_model(report)
+        if model is None:
+            return
+        entry = self.entries.setdefault(
+            report.nodeid, ReportEntry(report.nodeid, model, check_name(report.nodeid))
+        )
+        if report.passed:
+            return
+        if report.skipped:
+            outcome = "xfailed" if hasattr(report, "wasxfail") else "skipped"
+        else:
+            outcome = "failed" if report.when == "call" else "error"
+        if _RANK[outcome] > _RANK[entry.outcome]:
+            reason = str(getattr(report, "wasxfail", "") or "") if outcome == "xfailed" else _reason(report)
+            entry.outcome, entry.reason = outcome, reason
+
+    def data(self) -> dict[str, object]:
+        entries = sorted(self.entries.values(), key=lambda e: (e.model, e.check, e.nodeid))
+        checks = sorted({e.check for e in entries}, key=lambda c: (c == "snapshot", "." in c, c))
+        models: dict[str, dict[str, dict[str, object]]] = {}
+        for e in entries:
+            cell = models.setdefault(e.model, {}).setdefault(
+                e.check, {"outcome": "passed", "reason": "", "tests": 0}
+            )
+            cell["tests"] = int(str(cell["tests"])) + 1
+            if _RANK[e.outcome] > _RANK[str(cell["outcome"])]:
+                cell["outcome"], cell["reason"] = e.outcome, e.reason
+        return {
+            "format": "pytest-zoo-report",
+            "version": 1,
+            "torch": _version("torch"),
+            "torchvision": _version("torchvision"),
+            "totals": dict(Counter(e.outcome for e in entries)),
+            "checks": checks,
+            "models": models,
+            "tests": [dataclasses.asdict(e) for e in entries],
+        }
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if hasattr(self.config, "workerinput"):
+            return  # the controller writes the merged report
+        data = self.data()
+        _write(self.path, render_report(data))
+        _write(self.json_path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+        self.written = (
+            f"zoo report: {len(data['models'])} model(s) x {len(data['checks'])} check(s) "  # type: ignore[arg-type]
+            f"written to {self.path} and {self.json_path}"
+        )
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.written:
+            terminalreporter.write_line(self.written)
+
+
+def _write(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.replace("|", "\\|").split())
+
+
+def render_report(data: dict[str, Any]) -> str:
+    """The Markdown report: a header, the model x check matrix, then each reason once, numbered."""
+    checks: list[str] = data["checks"]
+    models: dict[str, dict[str, dict[str, Any]]] = data["models"]
+    totals: dict[str, int] = data["totals"]
+    counts = ", ".join(f"{totals[k]} {k}" for k in _RANK if totals.get(k))
+    lines = [
+        f"## pytest-zoo conformance: {len(models)} model(s) x {len(checks)} check(s)",
+        "",
+        f"torch {data['torch']}, torchvision {data['torchvision']}: {counts or 'no zoo tests ran'}",
+        "",
+    ]
+    notes: dict[str, int] = {}
+    if models:
+        lines += ["| model | " + " | ".join(f"`{c}`" for c in checks) + " |"]
+        lines += ["|---" * (len(checks) + 1) + "|"]
+        for model in sorted(models):
+            cells = []
+            for check in checks:
+                cell = models[model].get(check)
+                if cell is None:
+                    cells.append("")
+                    continue
+                text = _MARK[cell["outcome"]]
+                if cell["tests"] > 1:
+                    text += f" ({cell['tests']} tests)"
+                if cell["outcome"] != "passed":
+                    reason = _cell(cell["reason"]) or "no reason given"
+                    key = f"**{model}** `{check}` {cell['outcome']}: {reason}"
+                    text += f" [{notes.setdefault(key, len(notes) + 1)}]"
+                cells.append(text)
+            lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", "Not passed:", ""]
+        lines += [f"{number}. {key}" for key, number in notes.items()]
+    return "\n".join(lines) + "\n"

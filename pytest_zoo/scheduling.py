@@ -5,10 +5,14 @@ run. That pays off only if a model's tests are adjacent, which pytest's default 
 for the first check, then every model for the second) defeats, and only if pytest-xdist does not
 scatter them over workers, where each worker would build the model again. So this plugin:
 
-* marks every zoo test ``xdist_group(<model>)`` and switches xdist's default ``--dist load`` to
-  ``loadgroup`` (which differs from ``load`` only for tests that carry that mark), so one worker
-  runs all of a model's tests; the order is a pure function of the collected items, so every
-  worker collects the same list, as xdist requires;
+* replaces xdist's default ``--dist load`` scheduler by :class:`ZooModelScheduling`, which sends
+  all of a model's tests to one worker and every other test on its own, as ``load`` would. Node
+  ids are never rewritten (xdist's ``loadgroup`` appends ``@group``, which breaks ``--lf``,
+  ``--sw``, ``--deselect`` and pasted ids): each worker tells the controller which model each of
+  its test ids checks through a small file in a directory the controller made. The order is a
+  pure function of the collected items, so every worker collects the same list, as xdist requires.
+  An explicit ``--dist`` (``loadscope``, ``loadfile``, ``loadgroup``, ``worksteal``, ``each``)
+  is left to xdist;
 * orders the items so that a model's tests are consecutive, in their original relative order;
 * releases the cached models once the last test of a model has torn down, so the next model is
   built into freed memory: peak memory is that of the largest model, not the sum;
@@ -22,16 +26,21 @@ It imports neither torch nor torchvision: the cache is touched only if a test al
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .reliability import zoo_model_of
 
-__all__ = ["ZooScheduling", "group_by_model", "require_values"]
+__all__ = ["ZooScheduling", "group_by_model", "make_scheduler", "require_values"]
 
 _CACHE_MODULE = "pytest_zoo.cache"
 
@@ -50,23 +59,6 @@ def group_by_model(items: list[pytest.Item]) -> None:
         keys.append((anchor, index))
     order = sorted(range(len(items)), key=keys.__getitem__)
     items[:] = [items[i] for i in order]
-
-
-def _tag_group(item: pytest.Item, group: str) -> None:
-    """Give ``item`` the ``<nodeid>@<group>`` id that xdist's loadgroup scheduler groups by.
-
-    xdist's worker does this by assigning ``item._nodeid``, which pytest 9.2 no longer reads
-    (its node ids are structured, ``item._id``), so the grouping silently stops
-    (pytest-dev/pytest-xdist#1386). Where xdist's suffix took effect, nothing is done.
-    """
-    nodeid = item.nodeid
-    if nodeid.rfind("@") > nodeid.rfind("]"):
-        return
-    structured = getattr(item, "_id", None)
-    if structured is not None and hasattr(type(structured), "parse"):
-        item._id = type(structured).parse(f"{nodeid}@{group}")
-    else:
-        item._nodeid = f"{nodeid}@{group}"  # type: ignore[attr-defined]
 
 
 #: How torch says an operation needs data that a meta tensor does not have.
@@ -120,31 +112,39 @@ class ZooScheduling:
         #: Cache statistics reported by xdist workers, summed on the controller.
         self.worker_stats: dict[str, int] = {}
         self.workers = 0
-        if self.xdist and getattr(config.option, "dist", "no") == "load":
-            config.option.dist = "loadgroup"
         workerinput = getattr(config, "workerinput", None)
-        if workerinput is not None and workerinput.get("zoo_loadgroup"):
-            # Workers parse the original command line, where ``-n 2`` alone means ``load``; the
-            # nodeid suffix xdist's loadgroup scheduler groups by is added on the worker.
-            config.option.loadgroup = True
+        #: Where workers write ``{nodeid: model}`` for the controller's scheduler.
+        self.groups_dir: Path | None = None
+        if workerinput is not None:
+            self.groups_dir = Path(workerinput["zoo_groups"]) if workerinput.get("zoo_groups") else None
+        elif self.xdist and getattr(config.option, "dist", "no") == "load":
+            self.groups_dir = Path(tempfile.mkdtemp(prefix="pytest-zoo-groups-"))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["zoo_loadgroup"] = self.config.option.dist == "loadgroup"
+        if self.groups_dir is not None:
+            node.workerinput["zoo_groups"] = str(self.groups_dir)
 
-    def pytest_itemcollected(self, item: pytest.Item) -> None:
-        model = zoo_model_of(item)
-        if model is not None and self.xdist and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(model))
+    @pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own LoadScheduling
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if self.groups_dir is None or config.getvalue("dist") != "load":
+            return None
+        return make_scheduler(config, log, self.groups_dir)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self.groups_dir is not None and not hasattr(config, "workerinput"):
+            shutil.rmtree(self.groups_dir, ignore_errors=True)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         group_by_model(items)
-        if self.xdist and getattr(config.option, "loadgroup", False):
-            for item in items:
-                model = zoo_model_of(item)
-                if model is not None:
-                    _tag_group(item, model)
+        workerinput = getattr(config, "workerinput", None)
+        if workerinput is not None and self.groups_dir is not None:
+            groups = {item.nodeid: model for item in items if (model := zoo_model_of(item)) is not None}
+            target = self.groups_dir / f"{workerinput['workerid']}.json"
+            partial = target.with_suffix(".partial")
+            partial.write_text(json.dumps(groups), encoding="utf-8")
+            os.replace(partial, target)  # the controller never reads half a file
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
@@ -212,3 +212,35 @@ def describe_stats(stats: dict[str, int]) -> str:
         f"{get('builds', 0)} model build(s), {get('hits', 0)} reuse(s), {get('restores', 0)} restore(s), "
         f"{get('rebuilds', 0)} rebuild(s) after in-place changes, {get('oracle_builds', 0)} oracle build(s)"
     )
+
+
+def make_scheduler(config: pytest.Config, log: Any, groups_dir: Path) -> Any:
+    """xdist's ``loadscope`` scheduler with one scope per zoo model and one per other test.
+
+    Built on xdist's own :class:`~xdist.scheduler.LoadScopeScheduling` (imported only here, in an
+    xdist run), so distribution, rescheduling on a crashed worker and ``--maxfail`` stay xdist's.
+    """
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class ZooModelScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        """Each zoo model's tests on one worker; other tests one by one, as ``--dist load``."""
+
+        def __init__(self, config: pytest.Config, log: Any = None) -> None:
+            super().__init__(config, log)
+            self._groups: dict[str, str] = {}
+            self._read: frozenset[str] = frozenset()
+
+        def _model(self, nodeid: str) -> str | None:
+            if nodeid not in self._groups:
+                files = frozenset(p.name for p in groups_dir.glob("*.json"))
+                if files != self._read:
+                    self._read = files
+                    for name in sorted(files):
+                        self._groups.update(json.loads((groups_dir / name).read_text(encoding="utf-8")))
+            return self._groups.get(nodeid)
+
+        def _split_scope(self, nodeid: str) -> str:
+            model = self._model(nodeid)
+            return nodeid if model is None else f"zoo-model:{model}"
+
+    return ZooModelScheduling(config, log)

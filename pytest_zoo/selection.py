@@ -12,7 +12,7 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Patterns", "SelectionError", "parse_patterns", "select_models"]
+__all__ = ["Patterns", "SelectionError", "parse_patterns", "require_matches", "select_models"]
 
 
 class SelectionError(ValueError):
@@ -63,12 +63,19 @@ def _suggest(pattern: str, names: Sequence[str]) -> str:
     return f" Did you mean: {', '.join(close)}?" if close else ""
 
 
-def select_models(patterns: Patterns, *, available: Sequence[str] | None = None) -> list[str]:
-    """Builder names matching ``patterns``, sorted; each include pattern must match something."""
+def select_models(
+    patterns: Patterns, *, available: Sequence[str] | None = None, strict: bool = True
+) -> list[str]:
+    """Builder names matching ``patterns``, sorted; each include pattern must match something.
+
+    ``strict=False`` returns what matches, possibly nothing: the plugin's first pass at configure
+    time, when a pattern may still name a model that only a gate class lists (checked after
+    collection by :func:`require_matches`).
+    """
     from torchvision.models import list_models
 
     names = list(available) if available is not None else list_models()
-    for pattern in patterns.include + patterns.exclude:
+    for pattern in patterns.include + patterns.exclude if strict else ():
         if not fnmatch.filter(names, pattern):
             raise SelectionError(
                 f"zoo model pattern {pattern!r} matches none of the {len(names)} torchvision models."
@@ -84,9 +91,35 @@ def select_models(patterns: Patterns, *, available: Sequence[str] | None = None)
             if (not patterns.include or any(fnmatch.fnmatch(n, p) for p in patterns.include))
             and not any(fnmatch.fnmatch(n, p) for p in patterns.exclude)
         )
-    if not selected:
+    if not selected and strict:
         raise SelectionError(
             f"the zoo model patterns include={list(patterns.include)} exclude={list(patterns.exclude)} "
             "select no model: every match was excluded."
         )
     return list(selected)
+
+
+def require_matches(patterns: Patterns, known: Sequence[str], *, where: str) -> None:
+    """Every pattern in ``patterns`` matches one of ``known``; else an error listing what is selectable.
+
+    ``where`` says what ``known`` is, e.g. "the models of the collected gate classes (TestAcme:
+    acmenet, resnet18)": a pattern is judged against what this session can run, not only
+    against torchvision.
+    """
+    names = sorted(set(known))
+    for pattern in patterns.include + patterns.exclude:
+        if not fnmatch.filter(names, pattern):
+            raise SelectionError(
+                f"zoo model pattern {pattern!r} matches none of the {len(names)} model(s) this session "
+                f"can select: {where}.{_suggest(pattern, names)}"
+            )
+    if patterns.include and not [
+        n
+        for n in names
+        if any(fnmatch.fnmatch(n, p) for p in patterns.include)
+        and not any(fnmatch.fnmatch(n, p) for p in patterns.exclude)
+    ]:
+        raise SelectionError(
+            f"the zoo model patterns include={list(patterns.include)} exclude={list(patterns.exclude)} "
+            f"select no model of {where}: every match was excluded."
+        )

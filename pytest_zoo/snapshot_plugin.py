@@ -112,7 +112,7 @@ class SnapshotItem(pytest.Item):
         return self.plugin.options.path, 0, f"zoo snapshot: {self.name}"
 
 
-@dataclass
+@dataclass(eq=False)  # registered with pytest's plugin manager, which keeps plugins in sets
 class SnapshotPlugin:
     """One session's snapshot state and hooks.
 
@@ -270,7 +270,7 @@ class SnapshotPlugin:
             terminalreporter.line(self.written)
 
 
-@dataclass
+@dataclass(eq=False)  # hashable: registered with the plugin manager
 class _XdistMerge:
     """The controller's side of the merge; registered only when xdist is installed (its hook is xdist's)."""
 
