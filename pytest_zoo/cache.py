@@ -15,11 +15,8 @@ Memory stays bounded by the largest model rather than the sum, because the cache
 of one zoo name at a time: asking for another name releases the previous one first, and the plugin
 orders items so that each model's checks run back to back and releases after the last of them.
 
-The head oracle lives here too. The checks compare heads against torchvision's builder called
-with ``num_classes=n`` for many ``n``; :class:`HeadOracle` builds it (structurally) at two probe
-class counts once per model, derives every class-dependent dimension as an affine function of
-``n``, verifies that derivation against one real builder call at a drawn ``n``, and falls back to
-a real build per ``n`` for any model where the derivation does not hold.
+The cache also holds each model's :class:`~pytest_zoo.reference.HeadOracle` (the builder's head
+shapes at any class count, from two structural probe builds) for as long as the model itself.
 """
 
 from __future__ import annotations
@@ -28,14 +25,17 @@ import dataclasses
 import gc
 import weakref
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+from .reference import HeadOracle
+
 __all__ = ["CacheStats", "HeadOracle", "ModelCache", "ModelState", "active_cache", "reset_active_cache"]
 
-Shapes = dict[str, tuple[int, ...]]
+_T = TypeVar("_T")
 
 #: ``Tensor`` attributes where ``register_hook`` and friends keep per-parameter hooks.
 _PARAMETER_HOOK_ATTRS = ("_backward_hooks", "_post_accumulate_grad_hooks")
@@ -113,68 +113,6 @@ class ModelState:
 
 
 @dataclass
-class HeadOracle:
-    """Torchvision's builder as the oracle for head shapes, at any class count, cheaply.
-
-    ``build(n)`` must build the reference model with ``n`` classes (structurally: it is only ever
-    asked for shapes). Two probe builds give the class-dependent parameters (:attr:`head_names`)
-    and, per dimension, the affine rule ``size = a * n + b``; the first other ``n`` asked for is
-    built for real and compared, and only when that agrees are further shapes derived.
-    """
-
-    build: Callable[[int], nn.Module]
-    probe: int = 3
-    builds: int = 0
-    on_build: Callable[[], None] | None = None
-    _probes: dict[int, tuple[Shapes, Shapes]] = field(default_factory=dict)
-    _verified: bool | None = None  # None: not yet checked against a real build
-    _real: dict[int, Shapes] = field(default_factory=dict)
-
-    def _build(self, n: int) -> tuple[Shapes, Shapes]:
-        if n not in self._probes:
-            model = self.build(n)
-            self.builds += 1
-            if self.on_build is not None:
-                self.on_build()
-            state = {k: tuple(t.shape) for k, t in model.state_dict().items()}
-            params = {k: tuple(p.shape) for k, p in model.named_parameters()}
-            self._probes[n] = (state, params)
-        return self._probes[n]
-
-    @property
-    def head_names(self) -> set[str]:
-        """Names of the parameters whose shape depends on the class count: the head, by definition."""
-        a, b = self._build(self.probe)[1], self._build(self.probe + 1)[1]
-        return {name for name in a if b.get(name) != a[name]}
-
-    def _derive(self, n: int) -> Shapes | None:
-        low, high = self._build(self.probe)[0], self._build(self.probe + 1)[0]
-        if low.keys() != high.keys():
-            return None  # the class count adds or removes tensors: nothing to interpolate
-        derived: Shapes = {}
-        for key, shape in low.items():
-            other = high[key]
-            if len(other) != len(shape):
-                return None
-            derived[key] = tuple(
-                s if s == t else (t - s) * n + s - (t - s) * self.probe
-                for s, t in zip(shape, other, strict=True)
-            )
-        return derived
-
-    def shapes(self, n: int) -> Shapes:
-        """The state_dict shapes of ``builder(num_classes=n)``."""
-        if n in self._probes:
-            return dict(self._probes[n][0])
-        if self._verified is None:
-            real = self._build(n)[0]
-            self._verified = self._derive(n) == real
-            return dict(real)
-        derived = self._derive(n) if self._verified else None
-        return derived if derived is not None else dict(self._build(n)[0])
-
-
-@dataclass
 class CacheStats:
     """What the cache did, for the terminal summary and for tests that assert on reuse."""
 
@@ -209,7 +147,7 @@ class ModelCache:
     def __init__(self) -> None:
         self._entries: dict[Hashable, _Entry] = {}
         self._by_id: dict[int, Hashable] = {}
-        self._oracles: dict[Hashable, tuple[str, HeadOracle]] = {}
+        self._oracles: dict[Hashable, tuple[str, object]] = {}
         self.stats = CacheStats()
 
     def __contains__(self, key: Hashable) -> bool:
@@ -258,11 +196,16 @@ class ModelCache:
 
     def oracle(self, key: Hashable, build: Callable[[int], nn.Module], *, group: str) -> HeadOracle:
         """The :class:`HeadOracle` for ``key``, kept as long as the group's models are."""
+        return self.memo(key, lambda: HeadOracle(build, on_build=self._count_oracle_build), group=group)
+
+    def memo(self, key: Hashable, compute: Callable[[], _T], *, group: str) -> _T:
+        """``compute()``, once per ``key`` while group ``group`` is held: what a model's checks share
+        besides the model (its reference, its oracle)."""
         self.release(keep=group)
         held = self._oracles.get(key)
         if held is None:
-            held = self._oracles[key] = (group, HeadOracle(build, on_build=self._count_oracle_build))
-        return held[1]
+            held = self._oracles[key] = (group, compute())
+        return held[1]  # type: ignore[return-value]
 
     def _count_oracle_build(self) -> None:
         self.stats.oracle_builds += 1

@@ -4,11 +4,15 @@
 --zoo-models=...`` collects a plain subclass of it) and users' own gates: a subclass overrides
 ``build_model``/``replace_head``/``freeze_backbone`` with their code and inherits every check.
 
-Oracles never come from the code under test: head shapes are compared with torchvision's own
-builder called with ``num_classes=n`` (built structurally, on the meta device), and the parameters
-that must train are the ones whose shape depends on the class count. For architectures with no
-builder (``builder_oracle = False``) that set is what ``replace_head`` observably changes between
-n and n + 1 classes, so ``freeze_backbone`` is still judged by something other than itself.
+A gate judges what the user's code must guarantee, never whether it matches how the kit would
+have written it. So the reference is matched to the user's own as-built model
+(:mod:`pytest_zoo.reference`): only the class-dependent part of the expected model comes from
+torchvision's builder (or, for architectures of your own, from what ``replace_head`` does at two
+class counts), everything else is the user's model as built. The model ``replace_head`` returns
+is the model every check goes on with. The parameters that must train after
+``freeze_backbone`` are the class-dependent ones, every parameter ``replace_head`` introduced
+(a multi-layer head trains whole), whatever the class declares in :attr:`ZooConformance.trainable`,
+and the backbone's normalisation parameters when :attr:`ZooConformance.norm_policy` says so.
 
 Every failure is a :class:`ConformanceFailure` rendered by :mod:`pytest_zoo.failures`: model,
 drawn inputs, the hook and where it is defined, expected vs found, the defect, how to reproduce.
@@ -18,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -27,27 +33,33 @@ from hypothesis import example, given, settings
 from torch import nn
 
 from . import building, freezing, heads, inference, strategies, tasks
-from .cache import HeadOracle, active_cache
+from .cache import active_cache
 from .failures import FailureContext, exception_defects, hook_origin, parameter_groups, render, shape_defects
 from .families import InputSpec, find_family
+from .freezing import NORM_TYPES, NormPolicy
+from .reference import (
+    PROBE,
+    Shapes,
+    SwapTrace,
+    architecture_mismatch,
+    class_dependent,
+    class_dependent_parameters,
+    line_through,
+    reference_kwargs,
+    state_shapes,
+    tensor_names,
+    trace_swap,
+)
 from .strategies import num_classes
 from .tasks import named_outputs
 
-__all__ = ["ZooConformance", "class_dependent_parameters", "named_outputs"]
-
-
-def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-
-
-def class_dependent_parameters(build: Callable[[int], nn.Module], probe: int = 3) -> set[str]:
-    """Names of the parameters whose shape changes with the class count: the head, by definition.
-
-    ``build(n)`` must return a model with ``n`` classes; it is called for ``probe`` and ``probe + 1``.
-    """
-    a = {n: tuple(p.shape) for n, p in build(probe).named_parameters()}
-    b = {n: tuple(p.shape) for n, p in build(probe + 1).named_parameters()}
-    return {name for name in a if b.get(name) != a[name]}
+__all__ = [
+    "ConformanceFailure",
+    "NormPolicy",
+    "ZooConformance",
+    "class_dependent_parameters",
+    "named_outputs",
+]
 
 
 def _diff_shapes(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str:
@@ -70,6 +82,46 @@ def _expect(condition: bool, message: Callable[[], str]) -> None:
         raise ConformanceFailure(message())
 
 
+@dataclass(frozen=True)
+class _Reference:
+    """What any model built for one name must look like at ``n`` classes, in as-built names."""
+
+    #: Expected state_dict shapes at ``n`` classes.
+    shapes: Callable[[int], Shapes]
+    #: The class-dependent state_dict keys and parameter names.
+    head_keys: frozenset[str]
+    head_names: frozenset[str]
+    #: How failure messages name the reference.
+    against: str
+
+    def head_paths(self) -> set[str]:
+        """The modules that own a class-dependent tensor (``fc``, ``aux1.fc2``, ...)."""
+        return {key.rpartition(".")[0] for key in self.head_keys}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What must hold after ``replace_head`` (and ``freeze_backbone``), in the returned model's names."""
+
+    must_train: frozenset[str]
+    #: The backbone's normalisation layers (not created by ``replace_head``), by path.
+    norms: Mapping[str, nn.Module]
+    #: Whether the head is the class-dependent layers alone (no extra layers, no declared extras).
+    head_only: bool
+
+
+_STATS_MOVED = (
+    "requires_grad=False does not stop BatchNorm from updating its running statistics in train mode "
+    "(pytorch/pytorch#86590), and model.train() undoes a .eval() done once: keep the backbone's norm "
+    "layers in eval mode in a way model.train() cannot undo (a forward pre-hook that sets "
+    "module.training = False, FrozenBatchNorm2d, or an overridden train()), or declare "
+    "norm_policy = NormPolicy(stats='update') if letting them update is your recipe"
+)
+
+#: (gate class, model name) -> the test that reported an architecture mismatch, so it fails once.
+_MISMATCH_REPORTED: dict[tuple[type, str], str] = {}
+
+
 class ZooConformance:
     """Conformance checks for models built from the torchvision zoo.
 
@@ -81,9 +133,21 @@ class ZooConformance:
     #: fnmatch patterns of the builder names this class checks; a plain name torchvision does not
     #: know is kept as given, for a ``build_model`` hook that builds a model of your own.
     models: ClassVar[Iterable[str]] = ("*",)
-    #: Whether torchvision's builder (``num_classes=n``) is a valid oracle for your models; switch it
-    #: off for architectures of your own, and the checks derive head shapes from your hooks instead.
+    #: Whether torchvision's builder (``num_classes=n``) is the reference for your models' heads.
+    #: Names torchvision has no builder for always use the hook-derived reference; switch this off
+    #: for networks of your own under torchvision names (another zoo's ``efficientnet_b0``).
     builder_oracle: ClassVar[bool] = True
+    #: What your ``freeze_backbone`` does with the backbone's normalisation layers; the freeze
+    #: checks verify exactly this (``NormPolicy(affine="trainable")`` for a ``train_bn`` recipe,
+    #: ``NormPolicy(stats="frozen")`` for one whose running statistics must not move).
+    norm_policy: ClassVar[NormPolicy] = NormPolicy()
+    #: fnmatch patterns of parameter names (as the model ``replace_head`` returns spells them)
+    #: that must train besides the head the kit sees, e.g. ``("layer4.*",)`` for a recipe that
+    #: fine-tunes the last stage too. Override :meth:`must_train` for anything a pattern can't say.
+    trainable: ClassVar[Sequence[str]] = ()
+    #: The zoo name of the model being checked, set before any hook runs, so hooks that need the
+    #: architecture (a per-architecture cut point) need not tag the model.
+    model_name: str = ""
 
     # -- hooks: override these with your own model-building code -------------------------------
 
@@ -92,20 +156,31 @@ class ZooConformance:
         return building.build_model(name)
 
     def replace_head(self, model: nn.Module, num_classes: int) -> nn.Module:
-        """Swap the head for ``num_classes`` outputs and return the model."""
+        """Swap the head for ``num_classes`` outputs and return the model to use from now on.
+
+        In place or functional: the checks go on with the returned model (``None`` means the
+        swap was in place), so ``nn.Sequential(body, new_head)`` reusing the body is fine.
+        """
         return heads.replace_head(model, num_classes)
 
     def freeze_backbone(self, model: nn.Module) -> None:
-        """Leave exactly the head trainable."""
-        freezing.freeze_backbone(model)
+        """Leave exactly the head (and what :attr:`norm_policy` says) trainable."""
+        policy = self.norm_policy
+        freezing.freeze_backbone(model, norm_stats=policy.stats, norm_affine=policy.affine)
 
     def input_spec(self, name: str) -> InputSpec:
         """The input geometry ``name`` accepts: the family table's row, else any size from 1.
 
         Override it for an architecture of your own whose inputs are constrained (a fixed size, a
-        multiple of a patch size); the checks draw every input from it.
+        multiple of a patch size); the checks draw every input from it. The default follows the
+        model your ``build_model`` built: a ViT built at 224 gets 224x224 inputs.
         """
         return strategies.input_spec(name)
+
+    def must_train(self, name: str, model: nn.Module, parameter: str) -> bool:
+        """Whether ``parameter`` of ``model`` (as ``replace_head`` returned it) must train although
+        the kit does not see it as head: by default, whether it matches :attr:`trainable`."""
+        return any(fnmatch.fnmatchcase(parameter, pattern) for pattern in self.trainable)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -116,6 +191,7 @@ class ZooConformance:
         the hook runs under :func:`~pytest_zoo.building.structural_init`, so any hook, the default
         or a user's, builds structurally: no weight is allocated or initialised.
         """
+        self.model_name = name
 
         def build() -> nn.Module:
             if device.type != "meta":
@@ -176,52 +252,167 @@ class ZooConformance:
         """
         return active_cache().restore(model)
 
-    def _builder_oracle(self, name: str) -> HeadOracle:
-        """torchvision's ``builder(num_classes=n)`` as a shape oracle, built structurally, cached."""
-        return active_cache().oracle(
-            ("builder", name),
-            lambda n: building.build_model(name, num_classes=n, structural=True),
+    def _spec(self, name: str, model: nn.Module) -> InputSpec:
+        """The ``input_spec`` hook's geometry; the default one follows the model as built."""
+        if type(self).input_spec is ZooConformance.input_spec:
+            return strategies.input_spec(name, model)
+        return self.input_spec(name)
+
+    def _uses_builder(self, name: str) -> bool:
+        return self.builder_oracle and _is_builder(name)
+
+    def _swap(self, model: nn.Module, n: int) -> tuple[nn.Module, SwapTrace]:
+        """Run the ``replace_head`` hook; the model it returns, and what it kept and introduced."""
+        before = tensor_names(model)
+        returned = self.replace_head(model, n)
+        self._swapped_in_place = returned is None
+        if returned is not None and not isinstance(returned, nn.Module):
+            raise TypeError(
+                f"replace_head returned {type(returned).__qualname__}, not an nn.Module: return the model "
+                "to use from now on (or None after an in-place swap)"
+            )
+        swapped = model if returned is None else returned
+        return swapped, trace_swap(before, swapped)
+
+    def _freeze(self, model: nn.Module) -> nn.Module:
+        """Run the ``freeze_backbone`` hook; a hook that returns a model hands that one on."""
+        returned: object = self.freeze_backbone(model)  # type: ignore[func-returns-value]
+        return returned if isinstance(returned, nn.Module) else model
+
+    def _swap_steps(self, name: str, n: int, *, freeze: bool = False, tail: str = "") -> list[str]:
+        """The reproduce lines that rebuild what a check ran, as the hooks were actually used."""
+        if getattr(self, "_swapped_in_place", False):
+            lines = [f"model = t.build_model({name!r}); t.replace_head(model, {n})"]
+        else:
+            lines = [f"model = t.replace_head(t.build_model({name!r}), {n})"]
+        if freeze:
+            lines[0] += "; t.freeze_backbone(model)"
+        return [*lines, tail] if tail else lines
+
+    def _reference(self, name: str, model: nn.Module, device: torch.device) -> _Reference:
+        """The one reference for ``name``, matched to ``model`` (the hook's as-built model), cached.
+
+        With torchvision's builder: built with the configuration read back from ``model``, and
+        compared with it first; another architecture under the same name fails here, once,
+        instead of every check blaming a hook. Without it: derived from what ``replace_head``
+        does at two class counts; a ``replace_head`` that ignores ``num_classes`` fails here,
+        blamed on ``replace_head``.
+        """
+        key = ("reference", type(self), name, str(device))
+        reported = _MISMATCH_REPORTED.get((type(self), name))
+        if reported is not None:
+            import pytest
+
+            pytest.skip(f"{name}: its architecture differs from torchvision's {name}; reported by {reported}")
+        if self._uses_builder(name):
+            reference = active_cache().memo(key, lambda: self._builder_reference(name, model), group=name)
+        else:
+            reference = active_cache().memo(key, lambda: self._derived_reference(name, model), group=name)
+        if isinstance(reference, str):
+            from .failures import current_test
+
+            _MISMATCH_REPORTED[(type(self), name)] = current_test() or "the first check of this model"
+            raise ConformanceFailure(reference)
+        return reference
+
+    def _builder_reference(self, name: str, model: nn.Module) -> _Reference | str:
+        """torchvision's ``builder(num_classes=n, **configuration of model)``, or why it can't be."""
+        kwargs = reference_kwargs(name, model)
+        call = ", ".join(["num_classes=n", *(f"{k}={v!r}" for k, v in sorted(kwargs.items()))])
+        against = f"torchvision's {name}({call})"
+        oracle = active_cache().oracle(
+            ("builder", name, repr(sorted(kwargs.items()))),
+            lambda n: building.build_model(name, num_classes=n, structural=True, **kwargs),
             group=name,
         )
+        mismatch = architecture_mismatch(state_shapes(model), oracle.shapes(PROBE), oracle.head_keys)
+        if mismatch is not None:
+            cls = type(self).__qualname__
+            return "\n".join(
+                [
+                    f"{name}: the model build_model returns is not torchvision's {name} architecture, so "
+                    f"{against} cannot be the reference for its head",
+                    f"  built by:   build_model -> {hook_origin(self, 'build_model')}",
+                    f"  compared:   its state_dict with {against}: " + mismatch.describe(),
+                    f"  way out:    if this is another network under a torchvision name (another zoo's "
+                    f"{name}), set builder_oracle = False on {cls} and the checks derive its head from "
+                    "your replace_head; if it is meant to be torchvision's model, build it with "
+                    f"torchvision.models.get_model({name!r}, ...).",
+                ]
+            )
+        return _Reference(oracle.shapes, frozenset(oracle.head_keys), frozenset(oracle.head_names), against)
 
-    def _oracle_shapes(self, name: str, model: nn.Module) -> Callable[[int], dict[str, tuple[int, ...]]]:
-        """Expected state_dict shapes for ``n`` classes, from an oracle that is not the code under test.
+    def _derived_reference(self, name: str, model: nn.Module) -> _Reference:
+        """Head shapes from ``replace_head`` at two class counts; every other size as built.
 
-        Builder oracle: torchvision's ``builder(num_classes=n)``. Without it: the model as built,
-        where each dimension that ``replace_head`` changes between ``probe`` and ``probe + 1``
-        classes follows that line (``n``, ``4 * n`` for box regressors, ``n + 1`` with a background
-        class) and every other dimension keeps its as-built size, so a head with the wrong input
+        Each dimension that changes between the probes follows that line (``n``, ``4 * n`` for
+        box regressors, ``n + 1`` with a background class); a dimension that does not change
+        keeps the size the as-built model has under that name, so a head with the wrong input
         width still shows.
         """
-        if self.builder_oracle:
-            return self._builder_oracle(name).shapes
-        probe = 3
-        original = _shapes(model)
-        low = _shapes(self.replace_head(copy.deepcopy(model), probe))
-        high = _shapes(self.replace_head(copy.deepcopy(model), probe + 1))
+        built = state_shapes(model)
+        probes: list[tuple[Shapes, set[str]]] = []
+        for k in (PROBE, PROBE + 1):
+            fresh = self._fresh(model)
+            context = self._context(name, "replace_head", n=k, steps=self._swap_steps(name, k))
+            with self._raises_as_failure(context, "replace_head"):
+                swapped, trace = self._swap(fresh, k)
+            shapes = {trace.original(key): shape for key, shape in state_shapes(swapped).items()}
+            probes.append((shapes, {trace.original(key) for key, _ in swapped.named_parameters()}))
+            self._fresh(model)
+        (low, low_params), (high, _) = probes
+        head_keys = class_dependent(low, high) | (high.keys() ^ low.keys())
+        if not head_keys:
+            context = self._context(name, "replace_head", steps=self._swap_steps(name, PROBE))
+            raise ConformanceFailure(
+                render(
+                    context,
+                    f"replace_head(model, {PROBE}) and replace_head(model, {PROBE + 1}) give models of "
+                    "identical shapes: nothing in them depends on num_classes",
+                    defects=[
+                        "replace_head ignores num_classes: the head it installs must have num_classes "
+                        "outputs (nn.Linear(old.in_features, num_classes, ...))"
+                    ],
+                )
+            )
 
-        def expected(n: int) -> dict[str, tuple[int, ...]]:
-            shapes = dict(original)
-            for key, built in original.items():
-                a, b = low.get(key), high.get(key)
-                if a is None or b is None or a == b or not (len(a) == len(b) == len(built)):
+        def expected(n: int) -> Shapes:
+            shapes: Shapes = {}
+            for key, a in low.items():
+                b = high.get(key, a)
+                if len(a) != len(b):
                     continue
-                grow = zip(a, b, built, strict=True)
-                shapes[key] = tuple(x + (y - x) * (n - probe) if x != y else o for x, y, o in grow)
+                grown = line_through(a, b, n)
+                as_built = built.get(key)
+                if as_built is not None and len(as_built) == len(a) and a != b:
+                    grown = tuple(
+                        g if x != y else o for g, x, y, o in zip(grown, a, b, as_built, strict=True)
+                    )
+                shapes[key] = grown
             return shapes
 
-        return expected
+        head_names = frozenset(k for k in head_keys if k in low_params)
+        return _Reference(expected, frozenset(head_keys), head_names, "the hook-derived reference")
 
-    def _head_names(self, name: str, model: nn.Module) -> set[str]:
-        """The parameters that must train: those whose shape follows the class count.
-
-        With the builder oracle they come from torchvision's builder. Without it they come from
-        what the ``replace_head`` hook observably does to copies of the model for n and n + 1,
-        never from what the ``freeze_backbone`` hook claims, so a freeze can still be wrong.
-        """
-        if self.builder_oracle:
-            return self._builder_oracle(name).head_names
-        return class_dependent_parameters(lambda n: self.replace_head(copy.deepcopy(model), n))
+    def _plan(self, name: str, reference: _Reference, swapped: nn.Module, trace: SwapTrace) -> _Plan:
+        """Which parameters of ``swapped`` must train, and which norm layers are the backbone's."""
+        params = [k for k, _ in swapped.named_parameters()]
+        head = {k for k in params if k in trace.introduced or trace.original(k) in reference.head_names}
+        declared = {k for k in params if self.must_train(name, swapped, k)}
+        norms: dict[str, nn.Module] = {}
+        for path, module in swapped.named_modules():
+            own = [f"{path}.{k}" if path else k for k, _ in module.named_parameters(recurse=False)]
+            own += [f"{path}.{k}" if path else k for k, _ in module.named_buffers(recurse=False)]
+            if isinstance(module, NORM_TYPES) and own and all(k in trace.kept for k in own):
+                norms[path] = module
+        affine = set()
+        if self.norm_policy.affine == "trainable":
+            affine = {
+                f"{path}.{k}" if path else k for path, m in norms.items() for k, _ in m.named_parameters()
+            }
+        must = head | declared | affine
+        class_dependent_only = {k for k in params if trace.original(k) in reference.head_names}
+        return _Plan(frozenset(must), norms, head_only=must == class_dependent_only)
 
     def _aux_heads(self, name: str, model: nn.Module) -> tuple[str, ...]:
         family = find_family(name)
@@ -241,8 +432,8 @@ class ZooConformance:
     ) -> FailureContext:
         cls = type(self).__qualname__.split(".")[0]
         imports = ["import torch"] if any("torch." in step for step in steps) else []
-        reproduce = [*imports, f"from {type(self).__module__} import {cls}", f"t = {cls}()", *steps]
-        reproduce = reproduce if steps else []
+        setup = [f"from {type(self).__module__} import {cls}", f"t = {cls}(); t.model_name = {name!r}"]
+        reproduce = [*imports, *setup, *steps] if steps else []
         origin = hook_origin(self, hook)
         return FailureContext(name, hook, origin, n, shape, mode, reproduce)
 
@@ -309,7 +500,12 @@ class ZooConformance:
         return building.build_model(name, quantize=True, device="cpu")
 
     def _check_converted(self, name: str, model: nn.Module, n: int, example: tasks.Example) -> None:
-        oracle = self._builder_oracle(name)
+        # The kit built the converted model itself, with its own defaults: so is its reference.
+        oracle = active_cache().oracle(
+            ("builder", name, "[]"),
+            lambda k: building.build_model(name, num_classes=k, structural=True),
+            group=name,
+        )
         expected = {k: v for k, v in oracle.shapes(n).items() if k in oracle.head_names}
         side = max(tasks.CONVERTED_MIN_SIZE, *example.size)
         example = tasks.Example(min(example.batch, 2), (side, side), None, example.seed)
@@ -334,10 +530,14 @@ class ZooConformance:
     def test_head_matches_builder(
         self, zoo_model_name: str, zoo_device: torch.device, zoo_hypothesis_settings: settings
     ) -> None:
-        """``replace_head(build(name), n)`` has exactly the state_dict of ``builder(num_classes=n)``.
+        """After ``replace_head(model, n)`` every head layer has the reference's shapes at ``n``.
 
-        Needs torchvision's builder as the oracle; with ``builder_oracle = False`` the expected
-        shapes are derived from the hooks instead (see :meth:`_oracle_shapes`).
+        A head layer the model keeps in the reference's form (``fc`` replaced by one Linear, an
+        aux head left where it was) must match ``builder(num_classes=n)`` exactly, which catches
+        an aux head left alone or a hard-coded ``in_features``. A head of your own design (several
+        layers, a functional ``nn.Sequential(body, head)``) is judged by what it must do instead:
+        something in it follows ``num_classes``. Without a builder (``builder_oracle = False``)
+        the reference is derived from the hooks (see :meth:`_derived_reference`).
         """
         name = zoo_model_name
         model = self._model(name, zoo_device)
@@ -345,28 +545,35 @@ class ZooConformance:
         if not io.has_head:
             self._expect_no_head(name, model)
             return
-        oracle = self._oracle_shapes(name, model)
+        reference = self._reference(name, model, zoo_device)
         aux = self._aux_heads(name, model)
-        against = f"torchvision's {name}(num_classes=n)" if self.builder_oracle else "the hook-derived oracle"
 
         @zoo_hypothesis_settings
         @given(n=io.num_classes())
         def check(n: int) -> None:
             nonlocal model
             model = self._fresh(model)
-            steps = [f"model = t.replace_head(t.build_model({name!r}), {n})"]
-            context = self._context(name, "replace_head", n=n, steps=steps)
+            context = self._context(name, "replace_head", n=n, steps=self._swap_steps(name, n))
             with self._raises_as_failure(context, "replace_head"):
-                swapped = self.replace_head(model, n)
-            found, expected = _shapes(swapped), oracle(n)
+                swapped, trace = self._swap(model, n)
+            context = self._context(name, "replace_head", n=n, steps=self._swap_steps(name, n))
+            found = {trace.original(key): shape for key, shape in state_shapes(swapped).items()}
+            found, expected, own_design = _same_design(found, reference.shapes(n), reference.head_paths())
             if found != expected:
                 raise ConformanceFailure(
                     render(
                         context,
-                        f"the model's state_dict after replace_head differs from {against}",
+                        f"the head after replace_head differs from {reference.against}",
                         details=["differences (expected vs found):", _diff_shapes(found, expected)],
                         defects=shape_defects(found, expected, n, aux),
                     )
+                )
+            if own_design and self._uses_builder(name):
+                # Its own head design: the hook-derived reference proves that it follows n.
+                active_cache().memo(
+                    ("derived", type(self), name, str(zoo_device)),
+                    lambda: self._derived_reference(name, model),
+                    group=name,
                 )
 
         check()
@@ -383,7 +590,7 @@ class ZooConformance:
         """
         name = zoo_model_name
         model = self._model(name, zoo_device)
-        spec = self.input_spec(name)
+        spec = self._spec(name, model)
         aux = self._aux_heads(name, model)
         io = tasks.task_io(name)
         converted = self._converted(name) if io.task == "quantized" else None
@@ -397,22 +604,19 @@ class ZooConformance:
         def check(n: int, eval_example: tasks.Example, train_example: tasks.Example) -> None:
             nonlocal model
             model = self._fresh(model)
+            swapped = model
             if io.has_head:
                 with self._raises_as_failure(self._context(name, "replace_head", n=n), "replace_head"):
-                    self.replace_head(model, n)
+                    swapped, _ = self._swap(model, n)
             for mode, drawn in (("eval", eval_example), ("train", train_example)):
                 train = mode == "train"
-                model.train(train)
-                args, kwargs = io.inputs(model, drawn, n, zoo_device, train=train)
-                swap = (
-                    f"t.replace_head(t.build_model({name!r}), {n})"
-                    if io.has_head
-                    else f"t.build_model({name!r})"
-                )
-                steps = [f"model = {swap}.{mode}()", f"outputs = model({io.describe(drawn)})"]
+                swapped.train(train)
+                args, kwargs = io.inputs(swapped, drawn, n, zoo_device, train=train)
+                built = self._swap_steps(name, n)[0] if io.has_head else f"model = t.build_model({name!r})"
+                steps = [f"{built}; model.{mode}()", f"outputs = model({io.describe(drawn)})"]
                 context = self._context(name, "replace_head", n=n, shape=drawn.shape, mode=mode, steps=steps)
                 with self._raises_as_failure(context, "the forward pass"), torch.no_grad():
-                    output = model(*args, **kwargs)
+                    output = swapped(*args, **kwargs)
                 report = io.check(output, drawn, n, train=train)
                 if not report.ok:
                     raise ConformanceFailure(
@@ -425,7 +629,7 @@ class ZooConformance:
                             defects=_output_defects(report.found, n, aux) if io.class_scores else [],
                         )
                     )
-            model.eval()
+            swapped.eval()
             if converted is not None:
                 self._check_converted(name, converted, n, eval_example)
 
@@ -434,19 +638,25 @@ class ZooConformance:
     def test_freeze_counts(
         self, zoo_model_name: str, zoo_device: torch.device, zoo_hypothesis_settings: settings
     ) -> None:
-        """After freezing, exactly the class-dependent parameters train, and they are the minority."""
+        """After freezing, exactly the parameters that must train do, and the backbone outweighs a
+        plain class head.
+
+        What must train: the class-dependent parameters, everything ``replace_head`` introduced,
+        what the class declares (:attr:`trainable`, :meth:`must_train`), and the backbone's
+        normalisation parameters when :attr:`norm_policy` keeps them trainable.
+        """
         name = zoo_model_name
         model = self._model(name, zoo_device)
         io = tasks.task_io(name)
         if not io.has_head:
             self._expect_no_head(name, model)
             return
-        head_names = self._head_names(name, model)
+        reference = self._reference(name, model, zoo_device)
         native = _class_count(model)
         # shufflenet_v2_x0_5 as built: a 1,025,000-element head on a 341,792-element backbone. Where
         # the architecture itself is head-heavy, "the backbone outweighs the head" is no invariant.
         sizes = {k: p.numel() for k, p in model.named_parameters()}
-        head_heavy = sum(sizes[k] for k in head_names if k in sizes) * 2 >= sum(sizes.values())
+        head_heavy = sum(sizes[k] for k in reference.head_names if k in sizes) * 2 >= sum(sizes.values())
 
         @zoo_hypothesis_settings
         @given(n=io.num_classes())
@@ -456,34 +666,38 @@ class ZooConformance:
             model = self._fresh(model)
             for parameter in model.parameters():
                 parameter.requires_grad_(True)
-            steps = [
-                f"model = t.replace_head(t.build_model({name!r}), {n}); t.freeze_backbone(model)",
-                "print(sorted(k for k, p in model.named_parameters() if p.requires_grad))",
-            ]
-            context = self._context(name, "freeze_backbone", n=n, steps=steps)
+            context = self._context(
+                name, "freeze_backbone", n=n, steps=self._swap_steps(name, n, freeze=True)
+            )
             with self._raises_as_failure(context, "replace_head, then freeze_backbone,"):
-                self.replace_head(model, n)
-                self.freeze_backbone(model)
-            params = dict(model.named_parameters())
+                swapped, trace = self._swap(model, n)
+                swapped = self._freeze(swapped)
+            tail = "print(sorted(k for k, p in model.named_parameters() if p.requires_grad))"
+            context = self._context(
+                name, "freeze_backbone", n=n, steps=self._swap_steps(name, n, freeze=True, tail=tail)
+            )
+            plan = self._plan(name, reference, swapped, trace)
+            params = dict(swapped.named_parameters())
             trainable = {k for k, p in params.items() if p.requires_grad}
-            if trainable != head_names:
+            if trainable != plan.must_train:
                 raise ConformanceFailure(
                     render(
                         context,
                         "the wrong parameters are trainable after freeze_backbone",
-                        expected=f"exactly the {len(head_names)} class-dependent parameters trainable",
+                        expected=f"exactly the {len(plan.must_train)} parameters that must train "
+                        f"({_describe_policy(self.norm_policy)})",
                         found=f"{len(trainable)} trainable",
                         details=[
                             "should train but frozen: "
-                            + ("; ".join(parameter_groups(model, head_names - trainable)) or "none"),
+                            + ("; ".join(parameter_groups(swapped, plan.must_train - trainable)) or "none"),
                             "should be frozen but trainable: "
-                            + ("; ".join(parameter_groups(model, trainable - head_names)) or "none"),
+                            + ("; ".join(parameter_groups(swapped, trainable - plan.must_train)) or "none"),
                         ],
-                        defects=_freeze_defects(model, trainable, head_names),
+                        defects=_freeze_defects(trainable, plan, trace),
                     )
                 )
-            counts = freezing.count_parameters(model)
-            expected = sum(params[k].numel() for k in head_names)
+            counts = freezing.count_parameters(swapped)
+            expected = sum(params[k].numel() for k in plan.must_train)
             _expect(
                 counts.trainable == expected and counts.frozen == counts.total - expected,
                 lambda: render(
@@ -494,9 +708,15 @@ class ZooConformance:
                 ),
             )
             # A 10,000-class head can legitimately outweigh a small backbone (mobilenet_v3_small), so
-            # the backbone must dominate only up to the class count the architecture was designed for.
+            # the backbone must dominate only up to the class count the architecture was designed for,
+            # and only for a head that is the class-dependent layers alone (a head of your own
+            # design may be as large as you like).
             _expect(
-                native is None or n > native or head_heavy or counts.frozen > counts.trainable,
+                not plan.head_only
+                or native is None
+                or n > native
+                or head_heavy
+                or counts.frozen > counts.trainable,
                 lambda: (
                     f"{name}, num_classes={n}: {counts}; at or below the builder's {native} classes "
                     "a frozen backbone should outweigh its head"
@@ -508,19 +728,20 @@ class ZooConformance:
     def test_gradients_reach_head_only(
         self, zoo_model_name: str, zoo_device: torch.device, zoo_hypothesis_settings: settings
     ) -> None:
-        """A backward pass through every output puts ``.grad`` on each head parameter and nowhere else.
+        """A backward pass through every output puts ``.grad`` on exactly the parameters that must train.
 
         Detectors are run in train mode with generated targets and the sum of their losses is
         backpropagated. A model without a class head (RAFT) trains end to end instead: the flow's
-        backward pass must reach every parameter.
+        backward pass must reach every parameter. When :attr:`norm_policy` declares running
+        statistics frozen, that same train-mode forward must leave every backbone normalisation
+        buffer as it was (``num_batches_tracked`` included).
         """
         name = zoo_model_name
         model = self._model(name, zoo_device)
         io = tasks.task_io(name)
-        head_names = (
-            self._head_names(name, model) if io.has_head else {k for k, _ in model.named_parameters()}
-        )
-        spec = self.input_spec(name)
+        reference = self._reference(name, model, zoo_device) if io.has_head else None
+        spec = self._spec(name, model)
+        stats_frozen = self.norm_policy.stats == "frozen" and zoo_device.type != "meta"
 
         @zoo_hypothesis_settings
         @given(n=io.num_classes(), drawn=io.examples(spec, model, train=True))
@@ -531,38 +752,60 @@ class ZooConformance:
                 parameter.requires_grad_(True)
                 parameter.grad = None
             shape = drawn.shape
-            steps = [
-                f"model = t.replace_head(t.build_model({name!r}), {n}); t.freeze_backbone(model)",
-                f"model.train(); outputs = model({io.describe(drawn)})  # then backward() through them all",
-            ]
+            train = (
+                f"model.train(); outputs = model({io.describe(drawn)})  # then backward() through them all"
+            )
+            steps = self._swap_steps(name, n, freeze=True, tail=train)
             context = self._context(name, "freeze_backbone", n=n, shape=shape, mode="train", steps=steps)
             with self._raises_as_failure(context, "replace_head, freeze_backbone, forward and backward"):
+                swapped, trace = model, trace_swap(tensor_names(model), model)
                 if io.has_head:
-                    self.replace_head(model, n)
-                    self.freeze_backbone(model)
-                model.train()
-                args, kwargs = io.inputs(model, drawn, n, zoo_device, train=True)
-                output = model(*args, **kwargs)
+                    swapped, trace = self._swap(model, n)
+                    swapped = self._freeze(swapped)
+                must = (
+                    self._plan(name, reference, swapped, trace)
+                    if reference is not None
+                    else _Plan(frozenset(k for k, _ in swapped.named_parameters()), {}, head_only=False)
+                )
+                before = _norm_buffers(must.norms, clone=True) if stats_frozen else {}
+                swapped.train()
+                args, kwargs = io.inputs(swapped, drawn, n, zoo_device, train=True)
+                output = swapped(*args, **kwargs)
                 io.score(output).backward()  # type: ignore[no-untyped-call]
             outputs = sorted(output) if isinstance(output, Mapping) else [type(output).__name__]
-            with_grad = {k for k, p in model.named_parameters() if p.grad is not None}
-            if with_grad != head_names:
+            with_grad = {k for k, p in swapped.named_parameters() if p.grad is not None}
+            if with_grad != must.must_train:
                 raise ConformanceFailure(
                     render(
                         context,
                         f"a backward pass through the outputs {outputs} reached the wrong parameters",
-                        expected=f".grad on exactly the {len(head_names)} class-dependent parameters",
+                        expected=f".grad on exactly the {len(must.must_train)} parameters that must train",
                         found=f".grad on {len(with_grad)}",
                         details=[
-                            "head parameters without .grad: "
-                            + ("; ".join(parameter_groups(model, head_names - with_grad)) or "none"),
+                            "parameters that must train without .grad: "
+                            + ("; ".join(parameter_groups(swapped, must.must_train - with_grad)) or "none"),
                             "backbone parameters with .grad: "
-                            + ("; ".join(parameter_groups(model, with_grad - head_names)) or "none"),
+                            + ("; ".join(parameter_groups(swapped, with_grad - must.must_train)) or "none"),
                         ],
-                        defects=_freeze_defects(model, with_grad, head_names),
+                        defects=_freeze_defects(with_grad, must, trace),
                     )
                 )
-            model.eval()
+            after = _norm_buffers(must.norms, clone=False)
+            moved = sorted(k for k, value in before.items() if not torch.equal(value, after[k]))
+            if moved:
+                layers = sorted({k.rpartition(".")[0] for k in moved})
+                raise ConformanceFailure(
+                    render(
+                        context,
+                        f"the running statistics of {len(layers)} backbone normalisation layers moved during "
+                        "one train-mode forward",
+                        expected=f"{_describe_policy(self.norm_policy)}: every backbone running_mean, "
+                        "running_var and num_batches_tracked unchanged in train mode",
+                        found="moved: " + ", ".join(moved[:6]) + (", ..." if len(moved) > 6 else ""),
+                        defects=[_STATS_MOVED],
+                    )
+                )
+            swapped.eval()
 
         check()
 
@@ -583,13 +826,13 @@ class ZooConformance:
         @zoo_hypothesis_settings
         @given(n=num_classes(max_value=1_000))
         def check(n: int) -> None:
-            steps = [
-                f"model = t.replace_head(t.build_model({name!r}).to(torch.float64), {n})",
-                "print({k: (p.dtype, p.device) for k, p in model.named_parameters()})",
-            ]
-            context = self._context(name, "replace_head", n=n, steps=steps)
+            context = self._context(name, "replace_head", n=n)
             with self._raises_as_failure(context, "replace_head"):
-                swapped = self.replace_head(model, n)
+                swapped, _ = self._swap(model, n)
+            built = f"t.build_model({name!r})"
+            swap = self._swap_steps(name, n)[0].replace(built, f"{built}.to(torch.float64)")
+            steps = [swap, "print({k: (p.dtype, p.device) for k, p in model.named_parameters()})"]
+            context = self._context(name, "replace_head", n=n, steps=steps)
             tensors = [*swapped.named_parameters(), *swapped.named_buffers()]
             wrong = {
                 k: f"{t.dtype} on {t.device}"
@@ -662,20 +905,66 @@ def _is_builder(name: str) -> bool:
     return name in list_models()
 
 
-def _freeze_defects(model: nn.Module, trainable: set[str], head: set[str]) -> list[str]:
+def _same_design(found: Shapes, expected: Shapes, head_paths: Iterable[str]) -> tuple[Shapes, Shapes, bool]:
+    """The head tensors to compare exactly, and whether some head is of the user's own design.
+
+    A head module the swapped model has in the reference's form (the same tensor names under
+    that path) is compared exactly. One with other tensors there, or none (a multi-layer head, a
+    functional swap), is the user's design: comparing it with the builder's layer would only
+    measure whether it was written like torchvision's.
+    """
+    strict_found: Shapes = {}
+    strict_expected: Shapes = {}
+    own_design = False
+    for path in sorted(head_paths):
+        want = {k: v for k, v in expected.items() if k.rpartition(".")[0] == path}
+        have = {k: v for k, v in found.items() if k.rpartition(".")[0] == path or k.startswith(path + ".")}
+        if have.keys() == want.keys():
+            strict_found.update(have)
+            strict_expected.update(want)
+        else:
+            own_design = True
+    return strict_found, strict_expected, own_design
+
+
+def _describe_policy(policy: NormPolicy) -> str:
+    return f"NormPolicy(affine={policy.affine!r}, stats={policy.stats!r})"
+
+
+def _norm_buffers(norms: Mapping[str, nn.Module], *, clone: bool) -> dict[str, torch.Tensor]:
+    """Every buffer of the given norm layers by full name (cloned: a value to compare with later)."""
+    return {
+        f"{path}.{k}" if path else k: b.detach().clone() if clone else b
+        for path, module in norms.items()
+        for k, b in module.named_buffers(recurse=False)
+    }
+
+
+def _freeze_defects(found: set[str], plan: _Plan, trace: SwapTrace) -> list[str]:
+    """Say what a wrong trainable (or ``.grad``) set points at, most specific first."""
+    norm_affine = {f"{p}.{k}" if p else k for p, m in plan.norms.items() for k, _ in m.named_parameters()}
+    extra, missing = found - plan.must_train, plan.must_train - found
     defects = []
-    owners = {k: k.rpartition(".")[0] for k in trainable - head}
-    norms = sorted(
-        k for k, owner in owners.items() if isinstance(_module(model, owner), nn.modules.batchnorm._BatchNorm)
-    )
-    if norms:
+    if extra & norm_affine:
         defects.append(
-            f"{len(norms)} BatchNorm affine parameters (weight/bias) are still trainable: set "
-            "requires_grad=False on every backbone parameter, not only on conv/linear weights"
+            f"{len(extra & norm_affine)} BatchNorm affine parameters (weight/bias) are still trainable: set "
+            "requires_grad=False on every backbone parameter, not only on conv/linear weights; or, if "
+            "training them is your recipe (train_bn), declare it: "
+            "norm_policy = NormPolicy(affine='trainable')"
         )
-    if trainable - head and len(norms) < len(trainable - head):
+    if extra - norm_affine:
         defects.append("backbone parameters other than BatchNorm are trainable: freeze_backbone missed them")
-    if head - trainable:
+    if missing & norm_affine:
+        defects.append(
+            "the declared NormPolicy(affine='trainable') keeps the backbone's normalisation parameters "
+            f"trainable, but {len(missing & norm_affine)} of them are frozen"
+        )
+    if (missing - norm_affine) & trace.introduced:
+        defects.append(
+            "parameters replace_head introduced (the new head's layers) are frozen: freeze_backbone must "
+            "leave every layer of the new head trainable"
+        )
+    elif missing - norm_affine:
         defects.append("head parameters are frozen: freeze_backbone must leave every head layer trainable")
     return defects
 

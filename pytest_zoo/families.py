@@ -28,7 +28,8 @@ class InputSpec:
     ``min_size`` is the smallest square side the model accepts in eval mode. A family whose size is
     fixed when the model is built (ViT's ``image_size``, MaxViT's ``input_size``) names the builder
     keyword in ``size_kwarg`` and the size the kit builds it with in ``fixed``: such a model accepts
-    exactly that size and nothing else. ``train_min_size`` exists because some auxiliary heads need
+    exactly that size and nothing else; a model of your own whose size is fixed gives ``fixed``
+    alone. ``train_min_size`` exists because some auxiliary heads need
     a larger feature map than the main path (Inception's ``AuxLogits`` pools 5x5 then convolves 5x5).
     """
 
@@ -48,16 +49,36 @@ class InputSpec:
     max_batch: int | None = None
 
     def __post_init__(self) -> None:
-        if self.min_size < 1 or self.multiple < 1 or self.span < 0:
-            raise ValueError(f"invalid InputSpec {self!r}: sizes and multiples must be positive")
-        if self.frames is not None and not 1 <= self.frames[0] <= self.frames[1]:
-            raise ValueError(
-                f"invalid InputSpec {self!r}: frames must be a range (low, high), 1 <= low <= high"
+        problems = []
+        for field_name in ("min_size", "multiple"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{field_name} must be a positive int, got {value!r}")
+        if self.span < 0:
+            problems.append(f"span must be >= 0, got {self.span!r}")
+        if self.fixed is not None and (not isinstance(self.fixed, int) or self.fixed < 1):
+            problems.append(
+                f"fixed must be a positive int (the one side the model accepts), got {self.fixed!r}"
             )
+        elif self.fixed is not None and self.fixed % self.multiple:
+            problems.append(f"fixed={self.fixed} is not a multiple of multiple={self.multiple}")
+        if self.size_kwarg is not None and self.fixed is None:
+            problems.append(
+                f"size_kwarg={self.size_kwarg!r} names the builder keyword that fixes the input size, so "
+                f"give that size too: InputSpec(fixed=224, size_kwarg={self.size_kwarg!r})"
+            )
+        if self.frames is not None and not 1 <= self.frames[0] <= self.frames[1]:
+            problems.append(f"frames must be a range (low, high) with 1 <= low <= high, got {self.frames!r}")
         if self.max_batch is not None and self.max_batch < 1:
-            raise ValueError(f"invalid InputSpec {self!r}: max_batch must be positive")
-        if (self.fixed is None) != (self.size_kwarg is None):
-            raise ValueError(f"invalid InputSpec {self!r}: 'fixed' and 'size_kwarg' go together")
+            problems.append(f"max_batch must be positive, got {self.max_batch!r}")
+        if problems:
+            raise ValueError(
+                "invalid InputSpec: "
+                + "; ".join(problems)
+                + ". Examples: InputSpec(fixed=224) for a model that accepts exactly 224x224, "
+                "InputSpec(min_size=32, multiple=16) for sides 32, 48, 64, ..., InputSpec(min_size=64) "
+                "for any side from 64"
+            )
 
     def size_kwargs(self) -> dict[str, object]:
         """The builder keyword that fixes the input size, if the family has one."""
@@ -100,6 +121,9 @@ class Family:
     task: str = "classification"
     notes: str = ""
     head_multiples: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: The builder keyword that decides whether the ``aux_heads`` exist (``aux_logits``,
+    #: ``aux_loss``): the reference is built with it set the way the user's model was built.
+    aux_kwarg: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -162,6 +186,7 @@ FAMILIES: tuple[Family, ...] = (
         f"{_TV}.googlenet.GoogLeNet",
         ("fc",),
         aux_heads=("aux1.fc2", "aux2.fc2"),
+        aux_kwarg="aux_logits",
         inputs=InputSpec(15),
         build_kwargs=_SILENCE_INIT_WARNING,
         notes="aux heads exist when aux_logits=True; the builder drops them when it loads weights",
@@ -172,6 +197,7 @@ FAMILIES: tuple[Family, ...] = (
         f"{_TV}.inception.Inception3",
         ("fc",),
         aux_heads=("AuxLogits.fc",),
+        aux_kwarg="aux_logits",
         inputs=InputSpec(75, train_min_size=299, span=16),
         build_kwargs=_SILENCE_INIT_WARNING,
         notes="AuxLogits pools 5x5/3 then convolves 5x5: train mode needs Mixed_6e at 17x17",
@@ -318,6 +344,7 @@ FAMILIES: tuple[Family, ...] = (
         f"{_TV}.segmentation.fcn.FCN",
         ("classifier.4",),
         aux_heads=("aux_classifier.4",),
+        aux_kwarg="aux_loss",
         inputs=_SEGMENTATION_INPUTS,
         build_kwargs=_WITH_AUX,
         task="segmentation",
@@ -328,6 +355,7 @@ FAMILIES: tuple[Family, ...] = (
         f"{_TV}.segmentation.deeplabv3.DeepLabV3",
         ("classifier.4",),
         aux_heads=("aux_classifier.4",),
+        aux_kwarg="aux_loss",
         inputs=_SEGMENTATION_INPUTS,
         build_kwargs=_WITH_AUX,
         task="segmentation",
@@ -404,6 +432,7 @@ def _quantized(float_family: str, module: str, cls: str) -> Family:
         f"{_TV}.quantization.{module}.{cls}",
         base.heads,
         aux_heads=base.aux_heads,
+        aux_kwarg=base.aux_kwarg,
         num_classes_attrs=base.num_classes_attrs,
         inputs=base.inputs,
         build_kwargs=MappingProxyType({**base.build_kwargs, "quantize": False}),

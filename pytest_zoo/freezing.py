@@ -14,13 +14,38 @@ from torch import nn
 
 from .heads import get_adapter, head_parameter_names
 
-__all__ = ["NormStats", "ParameterCounts", "count_parameters", "freeze_backbone"]
+__all__ = ["NORM_TYPES", "NormPolicy", "NormStats", "ParameterCounts", "count_parameters", "freeze_backbone"]
 
-#: ``"update"``: backbone normalisation layers keep updating running statistics in train mode
-#: (PyTorch's default). ``"freeze"``: they always normalise with their stored statistics.
-NormStats = Literal["update", "freeze"]
+#: ``"update"``: backbone normalisation layers keep updating their running statistics in train
+#: mode (PyTorch's default). ``"frozen"``: they always normalise with their stored statistics.
+NormStats = Literal["update", "frozen"]
+#: ``"frozen"``: the backbone's normalisation weights and biases are frozen like the rest of it.
+#: ``"trainable"``: they train (a ``train_bn=True`` recipe).
+NormAffine = Literal["frozen", "trainable"]
 
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+#: The layers a normalisation policy speaks of: the ones with running statistics (BatchNorm*,
+#: SyncBatchNorm, InstanceNorm*), which is what ``train_bn``-style recipes mean.
+NORM_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase,)
+
+
+@dataclass(frozen=True)
+class NormPolicy:
+    """What a fine-tuning recipe does with the backbone's normalisation layers, on two axes.
+
+    The default is the common recipe: affine parameters frozen with the rest of the backbone,
+    running statistics left to update in train mode. Libraries differ on purpose (some keep
+    BatchNorm affine parameters trainable, others freeze statistics with ``FrozenBatchNorm2d``);
+    a gate declares which one its code implements and the checks verify exactly that.
+    """
+
+    affine: NormAffine = "frozen"
+    stats: NormStats = "update"
+
+    def __post_init__(self) -> None:
+        if self.affine not in ("frozen", "trainable"):
+            raise ValueError(f"NormPolicy affine must be 'frozen' or 'trainable', got {self.affine!r}")
+        if self.stats not in ("update", "frozen"):
+            raise ValueError(f"NormPolicy stats must be 'update' or 'frozen', got {self.stats!r}")
 
 
 @dataclass(frozen=True)
@@ -53,25 +78,43 @@ def _keep_in_eval(module: nn.Module, args: object) -> None:
     module.training = False
 
 
-def freeze_backbone(model: nn.Module, *, norm_stats: NormStats = "update") -> ParameterCounts:
+def freeze_backbone(
+    model: nn.Module,
+    *,
+    norm_stats: NormStats | Literal["freeze"] = "update",
+    norm_affine: NormAffine = "frozen",
+) -> ParameterCounts:
     """Freeze every parameter except the head's (exactly the layers :func:`replace_head` swaps).
 
-    With ``norm_stats="freeze"``, the backbone's normalisation layers run in eval mode even when the
+    ``norm_stats`` and ``norm_affine`` are the two axes of a :class:`NormPolicy`. With
+    ``norm_stats="frozen"``, the backbone's normalisation layers run in eval mode even when the
     model is in train mode (a forward pre-hook, so ``model.train()`` cannot undo it), which keeps
-    their running statistics fixed. The adapter is resolved before anything changes, so an unknown
-    model raises with the model untouched rather than half frozen.
+    their running statistics fixed. With ``norm_affine="trainable"`` their weights and biases keep
+    training. Everything is validated and the adapter resolved before anything changes, so bad
+    input raises with the model untouched rather than half frozen.
     """
-    if norm_stats not in ("update", "freeze"):
-        raise ValueError(f"norm_stats must be 'update' or 'freeze', got {norm_stats!r}")
+    if norm_stats == "freeze":  # the 0.1.0 spelling
+        norm_stats = "frozen"
+    policy = NormPolicy(affine=norm_affine, stats=norm_stats)
     adapter = get_adapter(model)
     head = set(head_parameter_names(model))
     head_paths = adapter.present_heads(model)
+
+    def in_head(path: str) -> bool:
+        return any(path == head or path.startswith(head + ".") for head in head_paths)
+
+    backbone_norms = [
+        module
+        for path, module in model.named_modules()
+        if isinstance(module, NORM_TYPES) and not in_head(path)
+    ]
+    norm_affine_names = {id(p) for module in backbone_norms for p in module.parameters(recurse=False)}
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name in head)
-    if norm_stats == "freeze":
-        for name, module in model.named_modules():
-            in_head = any(name == path or name.startswith(path + ".") for path in head_paths)
-            if isinstance(module, _NORM_TYPES) and not in_head and not getattr(module, "_zoo_frozen", False):
+        trainable = name in head or (policy.affine == "trainable" and id(parameter) in norm_affine_names)
+        parameter.requires_grad_(trainable)
+    if policy.stats == "frozen":
+        for module in backbone_norms:
+            if not getattr(module, "_zoo_frozen", False):
                 module.register_forward_pre_hook(_keep_in_eval)
                 module._zoo_frozen = True  # type: ignore[assignment]
     return count_parameters(model)

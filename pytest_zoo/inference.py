@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .heads import HeadAdapter, NoAdapterError, find_adapter, register_adapter
+from .reference import class_dependent_parameters
 
 __all__ = [
     "HeadInferenceError",
@@ -131,10 +132,7 @@ def verify_head(
     ``build(n)`` returns the builder's model for ``n`` classes (structurally built is enough).
     Returns the inference marked as verified; raises :class:`HeadInferenceError` otherwise.
     """
-    probe = max(inferred.classes, 2) + 1
-    a = {k: tuple(p.shape) for k, p in build(probe).named_parameters()}
-    b = {k: tuple(p.shape) for k, p in build(probe + 1).named_parameters()}
-    truth = {k for k in a if b.get(k) != a[k]}
+    truth = class_dependent_parameters(build, at=max(inferred.classes, 2) + 1)
     paths = (*inferred.heads, *inferred.aux_heads)
     claimed = {f"{path}.{name}" for path in paths for name, _ in model.get_submodule(path).named_parameters()}
     if claimed != truth:

@@ -8,6 +8,7 @@ skip a drawn example.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from hypothesis import strategies as st
@@ -52,10 +53,21 @@ def batch_sizes(
     return st.integers(low, max(low, max_value))
 
 
-def input_spec(name: str) -> InputSpec:
-    """The legal input geometry of builder ``name``; unknown builders get the permissive default."""
+def input_spec(name: str, model: nn.Module | None = None) -> InputSpec:
+    """The legal input geometry of builder ``name``; unknown builders get the permissive default.
+
+    Given the ``model`` under test, a size fixed at build time is the one that model was built
+    with (a ``vit_b_16(weights=None)`` takes 224, whatever size the kit would build it at).
+    """
     family = find_family(name)
-    return family.inputs if family is not None else InputSpec()
+    spec = family.inputs if family is not None else InputSpec()
+    if model is None or spec.size_kwarg is None:
+        return spec
+    from .reference import reference_kwargs
+
+    built = reference_kwargs(name, model).get(spec.size_kwarg)
+    side = built[0] if isinstance(built, tuple) else built
+    return dataclasses.replace(spec, fixed=side) if isinstance(side, int) and side != spec.fixed else spec
 
 
 def input_sizes(spec: InputSpec | str, *, train: bool = False) -> st.SearchStrategy[tuple[int, int]]:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .building import structural_init
+from .reference import PROBE, probe, state_shapes
 
 if TYPE_CHECKING:
     from hypothesis import settings
@@ -334,19 +335,19 @@ _PROBES: dict[str, dict[int, dict[str, tuple[int, ...]]]] = {}
 
 
 def _probe_shapes(case: WeightsCase) -> dict[int, dict[str, tuple[int, ...]]]:
-    """Parameter and buffer shapes of ``builder(weights=None, num_classes=n)`` for n = 3 and 4."""
+    """State shapes of ``builder(weights=None, num_classes=n)`` at the two probe class counts."""
     from .building import builder_kwargs
 
     if case.model not in _PROBES:
-        sizes: dict[int, dict[str, tuple[int, ...]]] = {}
-        for n in (3, 4):
+
+        def build(n: int) -> nn.Module:
             kwargs = builder_kwargs(case.model, weights=None, num_classes=n)
-            if "weights_backbone" in _parameters(case.builder):
-                kwargs["weights_backbone"] = None
             with structural_init():
-                model = case.builder(**kwargs)
-            sizes[n] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        _PROBES[case.model] = sizes
+                model: nn.Module = case.builder(**kwargs)
+            return model
+
+        low, high = probe(build, state_shapes, at=PROBE)
+        _PROBES[case.model] = {PROBE: low, PROBE + 1: high}
     return _PROBES[case.model]
 
 
@@ -359,13 +360,13 @@ def _class_dimensions(case: WeightsCase) -> list[tuple[str, int, int, int]]:
     """
     sizes = _probe_shapes(case)
     found = []
-    for name, shape in sizes[3].items():
-        other = sizes[4].get(name)
+    for name, shape in sizes[PROBE].items():
+        other = sizes[PROBE + 1].get(name)
         if other is None or other == shape or len(other) != len(shape):
             continue
         dim = next(i for i, (a, b) in enumerate(zip(shape, other, strict=True)) if a != b)
         slope = other[dim] - shape[dim]
-        found.append((name, dim, slope, shape[dim] - 3 * slope))
+        found.append((name, dim, slope, shape[dim] - PROBE * slope))
     return found
 
 
@@ -373,16 +374,10 @@ def per_class_parameters(case: WeightsCase, model: nn.Module) -> int:
     """How many parameters one more class adds to ``model`` (only the heads it actually has)."""
     sizes = _probe_shapes(case)
     return sum(
-        math.prod(sizes[4][name]) - math.prod(sizes[3][name])
+        math.prod(sizes[PROBE + 1][name]) - math.prod(sizes[PROBE][name])
         for name, _ in model.named_parameters()
-        if name in sizes[3] and name in sizes[4]
+        if name in sizes[PROBE] and name in sizes[PROBE + 1]
     )
-
-
-def _parameters(builder: Callable[..., Any]) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(builder).parameters)
 
 
 def output_count(case: WeightsCase, built: WithWeights | None = None) -> int:
