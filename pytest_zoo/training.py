@@ -132,10 +132,11 @@ def _nonfinite(tensor: torch.Tensor) -> str | None:
     return f"{nan:,} NaN, {inf:,} inf of {values.numel():,} values"
 
 
-def _listed(names: Iterable[str], limit: int = 5) -> str:
+def _listed(names: Iterable[str], noun: str = "", limit: int = 5) -> str:
+    """``"20 layers (bn1, layer1.0.bn1, ...)"``: a count, what they are, the first few names."""
     ordered = sorted(names)
-    shown = ", ".join(ordered[:limit])
-    return f"{len(ordered)} ({shown}{', ...' if len(ordered) > limit else ''})"
+    shown = ", ".join(ordered[:limit]) + (", ..." if len(ordered) > limit else "")
+    return f"{len(ordered)} {noun} ({shown})" if noun else f"{len(ordered)} ({shown})"
 
 
 def _error(step: str, error: BaseException) -> str:
@@ -197,7 +198,7 @@ def nonfinite_state(model: nn.Module, *, check: str = "finite parameters") -> Ch
     if bad:
         owners = sorted({name.rpartition(".")[0] or name for name in bad})
         problems = (
-            f"{len(bad)} parameters/buffers hold NaN or inf, in the layers {_listed(owners)}: "
+            f"{len(bad)} parameters/buffers hold NaN or inf, in {_listed(owners, 'layers')}: "
             "a layer left uninitialised (torch.empty without an init) or loaded from partial "
             "weights whose other layers are NaN; initialise or replace those layers too",
         )
@@ -272,13 +273,13 @@ def full_backward(
         problems.append(f"the loss is not finite ({float(loss):.3g})")
     if undeclared := without - declared.keys():
         problems.append(
-            f"{_listed(undeclared)} parameters got no gradient with everything trainable: the forward "
+            f"{_listed(undeclared, 'parameters')} got no gradient with everything trainable: the forward "
             "never uses them (a layer built but not called, or an output detached from it)"
         )
     if stale := (declared.keys() & params.keys()) - without:
         problems.append(f"declared without a gradient but got one (stale declaration): {_listed(stale)}")
     if bad:
-        problems.append(f"{_listed(bad)} parameters have NaN or inf gradients")
+        problems.append(f"{_listed(bad, 'parameters')} have NaN or inf gradients")
     return CheckReport(
         check,
         problems=tuple(problems),
@@ -335,7 +336,8 @@ def training_step(
     optimizer.zero_grad(set_to_none=True)
     try:
         loss = score(_call(model, inputs))
-        loss.backward()  # type: ignore[no-untyped-call]
+        if loss.requires_grad:  # nothing trainable reached: nothing moves, reported below
+            loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     except Exception as error:
         return CheckReport(check, problems=(_error("the training step", error),))
@@ -352,15 +354,17 @@ def training_step(
             if frozen
             else "they got no gradient (the forward does not use them)"
         )
-        problems.append(f"{_listed(stuck)} parameters that must train did not change in one SGD step: {why}")
+        problems.append(
+            f"{_listed(stuck, 'parameters')} that must train did not change in one SGD step: {why}"
+        )
     if moved:
         problems.append(
-            f"{_listed(moved)} parameters that must stay frozen changed in one SGD step over "
+            f"{_listed(moved, 'parameters')} that must stay frozen changed in one SGD step over "
             "model.parameters(): they still have requires_grad=True (or a .grad)"
         )
     if drifted:
         problems.append(
-            f"running statistics moved in {_listed(drifted)} backbone normalisation layers under a "
+            f"running statistics moved in {_listed(drifted, 'backbone normalisation layers')} under a "
             "frozen-statistics policy: model.train() put them back in train mode; keep them in eval "
             "mode with a forward pre-hook, or convert them to FrozenBatchNorm2d"
         )
