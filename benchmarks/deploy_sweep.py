@@ -15,12 +15,13 @@ import signal
 import sys
 import time
 import warnings
+from typing import cast
 
 import torch
 import torchvision
 
 from pytest_zoo import building, strategies, tasks
-from pytest_zoo.deployment import METHODS, deployability
+from pytest_zoo.deployment import METHODS, Method, deployability
 from pytest_zoo.training import full_backward
 
 
@@ -70,9 +71,8 @@ def main() -> None:
                         p.grad = None
                 else:
                     drawn = example(name, train=False)
-                    report = deployability(
-                        model, io.inputs(model, drawn, n, torch.device("cpu"), train=False), step
-                    )  # type: ignore[arg-type]
+                    args = io.inputs(model, drawn, n, torch.device("cpu"), train=False)
+                    report = deployability(model, args, cast(Method, step))
                 problems = list(report.problems)
             except _Timeout:
                 problems = ["timed out after 240 s"]

@@ -51,7 +51,9 @@ def build(name: str, n: int | None = 5) -> nn.Module:
     return heads.replace_head(model, n) if n is not None else model
 
 
-def inputs(name: str, model: nn.Module, *, batch: int = 2, size: int = 32, train: bool = False, n: int = 5) -> Inputs:
+def inputs(
+    name: str, model: nn.Module, *, batch: int = 2, size: int = 32, train: bool = False, n: int = 5
+) -> Inputs:
     spec_frames = 2 if tasks.task_io(name).task == "video" else None
     example = tasks.Example(batch=batch, size=(size, size), frames=spec_frames, seed=1)
     return tasks.task_io(name).inputs(model, example, n, CPU, train=train)
@@ -82,7 +84,7 @@ def only_problem(report: CheckReport, *fragments: str) -> str:
 # -- training step ---------------------------------------------------------------------------------
 
 
-def frozen_resnet(norm_stats: freezing.NormStats = "freeze") -> nn.Module:
+def frozen_resnet(norm_stats: freezing.NormStats = "frozen") -> nn.Module:
     model = build("resnet18")
     freezing.freeze_backbone(model, norm_stats=norm_stats)
     return model
@@ -99,13 +101,15 @@ def step(model: nn.Module, *, frozen_stats: bool = True, must_train: set[str] | 
 
 
 def test_training_step_passes_for_a_frozen_backbone_with_frozen_statistics() -> None:
-    report = step(frozen_resnet("freeze"))
+    report = step(frozen_resnet("frozen"))
     assert report.ok, report.problems
     assert report.found == {"changed": 2, "frozen norm layers moved": 0}
 
 
 def test_training_step_catches_statistics_that_move_under_a_frozen_policy() -> None:
-    only_problem(step(frozen_resnet("update")), "running statistics moved in 20 backbone normalisation layers")
+    only_problem(
+        step(frozen_resnet("update")), "running statistics moved in 20 backbone normalisation layers"
+    )
 
 
 def test_training_step_catches_a_freeze_that_model_train_undoes() -> None:
@@ -123,12 +127,16 @@ def test_training_step_catches_a_backbone_left_trainable_and_a_frozen_head() -> 
     only_problem(step(unfrozen, frozen_stats=False), "that must stay frozen changed", "conv1.weight")
     frozen_head = frozen_resnet()
     frozen_head.fc.requires_grad_(False)
-    only_problem(step(frozen_head), "2 parameters (fc.bias, fc.weight) that must train did not change", "requires_grad=False after model.train()")
+    only_problem(
+        step(frozen_head),
+        "2 parameters (fc.bias, fc.weight) that must train did not change",
+        "requires_grad=False after model.train()",
+    )
 
 
 def test_training_step_accepts_a_trainable_affine_policy_when_declared() -> None:
     model = build("mobilenet_v3_small")
-    freezing.freeze_backbone(model, norm_stats="freeze")
+    freezing.freeze_backbone(model, norm_stats="frozen")
     affine = {f"{p}.{k}" for p in backbone_norms(model) for k in ("weight", "bias")}
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(parameter.requires_grad or name in affine)
@@ -145,7 +153,7 @@ def test_training_step_accepts_a_trainable_affine_policy_when_declared() -> None
 def test_training_step_on_a_detector_with_targets() -> None:
     name = "fasterrcnn_mobilenet_v3_large_320_fpn"
     model = build(name, 3)
-    freezing.freeze_backbone(model, norm_stats="freeze")
+    freezing.freeze_backbone(model, norm_stats="frozen")
     report = training_step(
         model,
         inputs(name, model, size=64, train=True, n=3),
@@ -179,7 +187,7 @@ def test_finite_outputs_in_both_modes_across_tasks() -> None:
 def test_finite_outputs_names_the_non_finite_aux_output() -> None:
     model = build("googlenet")
     with torch.no_grad():
-        model.aux1.fc2.weight[0, 0] = float("nan")
+        model.get_parameter("aux1.fc2.weight")[0, 0] = float("nan")
     report = finite_outputs(model, inputs("googlenet", model, train=True), train=True)
     only_problem(report, "train-mode output 'aux_logits1' is not finite: 2 NaN, 0 inf of 10 values")
     assert report.found == {"non-finite outputs": ["aux_logits1"]}
@@ -189,7 +197,9 @@ def test_finite_outputs_names_the_non_finite_aux_output() -> None:
 @pytest.mark.parametrize("name", ["googlenet", "r3d_18"])
 def test_full_backward_reaches_every_parameter(name: str) -> None:
     model = build(name)
-    report = full_backward(model, inputs(name, model, train=True, size=16 if name == "r3d_18" else 32), tasks.task_io(name).score)
+    report = full_backward(
+        model, inputs(name, model, train=True, size=16 if name == "r3d_18" else 32), tasks.task_io(name).score
+    )
     assert report.ok, report.problems
 
 
@@ -202,14 +212,18 @@ class TwoLayerHead(nn.Module):
         self.out = nn.Linear(features, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(x)
+        y: torch.Tensor = self.out(x)
+        return y
 
 
 def test_full_backward_names_unused_parameters_and_stale_declarations() -> None:
     model = build("resnet18")
     model.fc = TwoLayerHead(512, 5)
     args, io = inputs("resnet18", model, train=True), tasks.task_io("resnet18")
-    only_problem(full_backward(model, args, io.score), "2 parameters (fc.hidden.bias, fc.hidden.weight) got no gradient")
+    only_problem(
+        full_backward(model, args, io.score),
+        "2 parameters (fc.hidden.bias, fc.hidden.weight) got no gradient",
+    )
     declared = {"fc.hidden.weight": "unused", "fc.hidden.bias": "unused"}
     assert full_backward(model, args, io.score, declared_without_grad=declared).ok
     stale = {"fc.out.weight": "wrongly declared"}
@@ -236,7 +250,9 @@ def test_a_head_from_uninitialised_memory_is_caught_deterministically() -> None:
     report = nonfinite_state(model)
     only_problem(report, "1 parameters/buffers hold NaN or inf, in 1 layers (fc)")
     assert report.found == {"non-finite tensors": ["fc.weight"]}
-    only_problem(finite_outputs(model, inputs("resnet18", model), train=False), "output 'output' is not finite")
+    only_problem(
+        finite_outputs(model, inputs("resnet18", model), train=False), "output 'output' is not finite"
+    )
     correct = build("resnet18", None)
     with uninitialised_as_nan():
         heads.replace_head(correct, 5)
@@ -269,7 +285,8 @@ class ListHead(nn.Module):
         self.layers = [nn.Linear(features, n)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers[0](x)  # type: ignore[no-any-return]
+        y: torch.Tensor = self.layers[0](x)
+        return y
 
 
 def test_state_dict_round_trip_passes_and_catches_a_head_not_kept_in_the_state_dict() -> None:
@@ -310,7 +327,8 @@ class BatchCentred(nn.Module):
         self.fc = nn.Linear(features, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x - x.mean(dim=0, keepdim=True))
+        y: torch.Tensor = self.fc(x - x.mean(dim=0, keepdim=True))
+        return y
 
 
 @pytest.mark.parametrize("name", ["resnet18", "lraspp_mobilenet_v3_large", "r3d_18"])
@@ -324,7 +342,9 @@ def test_batch_equivalence_catches_a_head_that_mixes_samples() -> None:
     model = build("resnet18", None)
     model.fc = BatchCentred(512, 5)
     (x,), _ = inputs("resnet18", model, batch=3)
-    only_problem(batch_equivalence(model, x), "sample 0 within the batch: output 'output' differs", "mixes samples")
+    only_problem(
+        batch_equivalence(model, x), "sample 0 within the batch: output 'output' differs", "mixes samples"
+    )
 
 
 # -- deployability ------------------------------------------------------------------------------------
@@ -339,9 +359,8 @@ class GatedHead(nn.Module):
         self.large = nn.Linear(features, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.abs().mean() > 1.0:
-            return self.large(x)
-        return self.small(x)
+        y: torch.Tensor = self.large(x) if x.abs().mean() > 1.0 else self.small(x)
+        return y
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -383,7 +402,8 @@ class ViewHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(x)
-        return self.fc(x.view(x.size(0), -1))
+        y: torch.Tensor = self.fc(x.view(x.size(0), -1))
+        return y
 
 
 def test_channels_last_passes_and_catches_a_view_head() -> None:
@@ -405,6 +425,7 @@ class HierarchicalHead(nn.Module):
     def __init__(self, features: int, n: int) -> None:
         super().__init__()
         self.fc = nn.Linear(features, 2 * n)
+        self.coarse: torch.Tensor
         self.register_buffer("coarse", torch.arange(2 * n) // 2)
         self.n = n
 
@@ -427,8 +448,13 @@ def test_precision_forward_catches_a_float32_head_on_a_converted_model() -> None
     model = build("squeezenet1_1", None).to(torch.bfloat16)
     heads.replace_head(model, 5)  # the kit's replace_head keeps the replaced layer's dtype
     assert precision_forward(model, inputs("squeezenet1_1", model), autocast=False).ok
-    model.classifier[1] = nn.Conv2d(512, 5, 1)  # float32
-    only_problem(precision_forward(model, inputs("squeezenet1_1", model), autocast=False), "forward in torch.bfloat16 raised")
+    classifier = model.get_submodule("classifier")
+    assert isinstance(classifier, nn.Sequential)
+    classifier[1] = nn.Conv2d(512, 5, 1)  # float32, as nn.Conv2d builds by default
+    only_problem(
+        precision_forward(model, inputs("squeezenet1_1", model), autocast=False),
+        "forward in torch.bfloat16 raised",
+    )
 
 
 # -- meta device -------------------------------------------------------------------------------------
