@@ -112,6 +112,19 @@ def compare_outputs(
     return problems, details
 
 
+@contextlib.contextmanager
+def _exact() -> Iterator[None]:
+    """``no_grad``, and no TF32 (cuDNN convolutions default to it on Ampere and later): comparisons
+    at 1e-5 are about the model, not about 10-bit mantissas. The previous settings are restored."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
 # -- state dict ------------------------------------------------------------------------------------
 
 
@@ -175,7 +188,7 @@ def state_dict_round_trip(
     model.eval()
     fresh.eval()
     try:
-        with torch.no_grad():
+        with _exact():
             reference, reloaded = _call(model, inputs), _call(fresh, inputs)
     except Exception as error:
         return CheckReport(check, problems=(_error("the eval forward", error),))
@@ -219,7 +232,7 @@ def batch_equivalence(
     extra = kwargs or {}
     model.eval()
     try:
-        with torch.no_grad():
+        with _exact():
             whole = named_leaves(model(batch, **extra))
             alone = [named_leaves(model(batch[i : i + 1], **extra)) for i in range(batch.shape[0])]
     except Exception as error:
@@ -312,14 +325,14 @@ def deployability(
         return skipped
     model.eval()
     try:
-        with torch.no_grad():
+        with _exact():
             eager = _call(model, inputs)
     except Exception as error:
         return CheckReport(name, problems=(_error("the eager eval forward", error),))
     if method == "compile":
         torch._dynamo.reset()
     try:
-        with torch.no_grad():
+        with _exact():
             deployed = _deployed(model, method, inputs)
             output = _unwrap(eager, deployed(*inputs[0], **inputs[1]))
     except Exception as error:
@@ -384,7 +397,7 @@ def channels_last_equivalence(
 
     model.eval()
     try:
-        with torch.no_grad():
+        with _exact():
             reference = _call(model, inputs)
             with _memory_format(model, fmt):
                 converted = model(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()})
