@@ -29,6 +29,7 @@ _EXPORTS = {
     "freeze_backbone": "freezing",
     "count_parameters": "freezing",
     "ParameterCounts": "freezing",
+    "NormPolicy": "freezing",
     "build_model": "building",
     "ZooConformance": "checks",
     "ConformanceFailure": "checks",
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
     from .cache import ModelCache, ModelState, active_cache
     from .checks import ConformanceFailure, ZooConformance
     from .families import FAMILIES, TASKS, Family, InputSpec
-    from .freezing import ParameterCounts, count_parameters, freeze_backbone
+    from .freezing import NormPolicy, ParameterCounts, count_parameters, freeze_backbone
     from .heads import (
         HeadAdapter,
         NoAdapterError,

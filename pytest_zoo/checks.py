@@ -392,7 +392,7 @@ class ZooConformance:
             return shapes
 
         head_names = frozenset(k for k in head_keys if k in low_params)
-        return _Reference(expected, frozenset(head_keys), head_names, "the hook-derived reference")
+        return _Reference(expected, frozenset(head_keys), head_names, "the hook-derived oracle")
 
     def _plan(self, name: str, reference: _Reference, swapped: nn.Module, trace: SwapTrace) -> _Plan:
         """Which parameters of ``swapped`` must train, and which norm layers are the backbone's."""
@@ -563,7 +563,7 @@ class ZooConformance:
                 raise ConformanceFailure(
                     render(
                         context,
-                        f"the head after replace_head differs from {reference.against}",
+                        f"the model's state_dict after replace_head differs from {reference.against}",
                         details=["differences (expected vs found):", _diff_shapes(found, expected)],
                         defects=shape_defects(found, expected, n, aux),
                     )

@@ -79,7 +79,7 @@ def test_head_swap_that_forgets_the_aux_heads(pytester: pytest.Pytester) -> None
             "auxiliary heads too (aux1.fc2, aux2.fc2)*",
             "*reproduce:*import torch",
             "*from test_conformance import TestAcmeModels",
-            "*model = t.replace_head(t.build_model('googlenet'), *).train()*",
+            "*model = t.replace_head(t.build_model('googlenet'), *); model.train()*",
         ]
     )
 

@@ -107,11 +107,11 @@ def test_a_failing_head_swap_is_reported_with_model_and_expected_shapes(pytester
         from torch import nn
         from pytest_zoo import ZooConformance
 
-        class TestForgetsBias(ZooConformance):
+        class TestFixedCount(ZooConformance):
             models = ["resnet18"]
 
             def replace_head(self, model, num_classes):
-                model.fc = nn.Linear(model.fc.in_features, num_classes, bias=False)
+                model.fc = nn.Linear(model.fc.in_features, 10_001)
                 return model
         """
     )
@@ -120,11 +120,31 @@ def test_a_failing_head_swap_is_reported_with_model_and_expected_shapes(pytester
     result.stdout.fnmatch_lines(
         [
             "*resnet18: the model's state_dict after replace_head differs from torchvision's resnet18(*)*",
-            "*hook:*replace_head -> TestForgetsBias.replace_head (*.py:7)",
-            "*missing: fc.bias (*,)*",
-            "*defect:*fc.bias is missing: the new layer lacks a parameter the builder's has (bias=False?)*",
+            "*hook:*replace_head -> TestFixedCount.replace_head (*.py:7)",
+            "*fc.weight: expected (*, 512), found (10001, 512)*",
+            "*defect:*fc still has 10001 outputs, not num_classes=*: replace_head did not resize this layer*",
         ]
     )
+
+
+def test_a_head_of_another_design_than_the_builders_passes(pytester: pytest.Pytester) -> None:
+    """A bias-less head is a design choice, not a defect: it is judged by following num_classes."""
+    pytester.makepyfile(
+        """
+        from torch import nn
+        from pytest_zoo import ZooConformance
+
+        class TestNoBias(ZooConformance):
+            models = ["resnet18"]
+
+            def replace_head(self, model, num_classes):
+                old = model.fc
+                model.fc = nn.Linear(old.in_features, num_classes, bias=False, dtype=old.weight.dtype)
+                return model
+        """
+    )
+    result = pytester.runpytest_subprocess("-k", "head_matches or freeze", "--zoo-examples=2")
+    result.assert_outcomes(passed=2)
 
 
 def test_suite_is_not_collected_without_zoo_models(pytester: pytest.Pytester) -> None:
