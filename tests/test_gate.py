@@ -45,16 +45,34 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def test_example_project_passes_its_own_gate(pytester: pytest.Pytester) -> None:
     copy_example(pytester)
     result = run(pytester, "-v")
-    # 3 torchvision models x 7 tests, acmenet x 6 (no torchvision weights to check: skipped).
-    result.assert_outcomes(passed=27, skipped=1)
+    # 3 torchvision models x 7 tests, acmenet x 6 (no torchvision weights to check: skipped), and
+    # the fine-tuning recipe (functional multi-layer head, train_bn policy) on 2 ResNets x 6.
+    result.assert_outcomes(passed=39, skipped=1)
     for line in (
         "*TestAcmeModels::test_head_matches_builder[[]googlenet[]] PASSED*",
         "*TestAcmeModels::test_replace_head_keeps_dtype_and_device[[]resnet18[]] PASSED*",
         "*TestAcmeModels::test_build_classifier[[]mobilenet_v3_small[]] PASSED*",
         "*TestAcmeNet::test_freeze_counts[[]acmenet[]] PASSED*",
         "*TestAcmeNet::test_head_matches_builder[[]acmenet[]] PASSED*",
+        "*TestAcmeFineTuning::test_freeze_counts[[]resnet34[]] PASSED*",
     ):
         result.stdout.fnmatch_lines([line])
+
+
+def test_a_recipe_that_does_not_implement_its_declared_norm_policy(pytester: pytest.Pytester) -> None:
+    root = copy_example(pytester)
+    break_code(root, "train_bn: bool = True", "train_bn: bool = False")
+    result = run(pytester, "-k", "FineTuning and resnet18 and (freeze or gradients)")
+    result.assert_outcomes(failed=2, passed=0)
+    result.stdout.fnmatch_lines(
+        [
+            "*resnet18: the wrong parameters are trainable after freeze_backbone*",
+            f"*hook:*freeze_backbone -> TestAcmeFineTuning.freeze_backbone ({HOOKS}:*)",
+            "*should train but frozen: 40 BatchNorm2d affine parameters (0.1.bias, 0.1.weight, *",
+            "*defect:*the declared NormPolicy(affine='trainable') keeps the backbone's normalisation "
+            "parameters trainable, but 40 of them are frozen*",
+        ]
+    )
 
 
 def test_head_swap_that_forgets_the_aux_heads(pytester: pytest.Pytester) -> None:

@@ -248,7 +248,9 @@ def test_a_declared_train_bn_policy_passes_with_lightnings_freeze(pytester: pyte
 
 
 def test_an_undeclared_train_bn_policy_fails_saying_how_to_declare_it(pytester: pytest.Pytester) -> None:
-    source = TRAIN_BN.replace("TRAIN_BN)", "True)").replace('    norm_policy = NormPolicy(affine="trainable")\n', "")
+    source = TRAIN_BN.replace("TRAIN_BN)", "True)").replace(
+        '    norm_policy = NormPolicy(affine="trainable")\n', ""
+    )
     result = run(pytester, source, "-k", "freeze_counts")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -362,12 +364,16 @@ def test_another_zoos_model_under_a_torchvision_name_fails_once_saying_so(pytest
             "*way out:*set builder_oracle = False on TestTimm*",
         ]
     )
-    result.stdout.fnmatch_lines(["*SKIPPED*architecture differs from torchvision's efficientnet_b0; reported by*"])
+    result.stdout.fnmatch_lines(
+        ["*SKIPPED*architecture differs from torchvision's efficientnet_b0; reported by*"]
+    )
     result.stdout.no_fnmatch_line("*freeze_backbone missed them*")
 
 
 def test_another_zoos_model_with_the_derived_reference_passes(pytester: pytest.Pytester) -> None:
-    result = run(pytester, OTHER_ZOO.replace("ORACLE", "builder_oracle = False"), "-k", "not weights_metadata")
+    result = run(
+        pytester, OTHER_ZOO.replace("ORACLE", "builder_oracle = False"), "-k", "not weights_metadata"
+    )
     result.assert_outcomes(passed=4)
 
 
@@ -378,7 +384,9 @@ DERIVED = """
     class Tiny(nn.Module):
         def __init__(self):
             super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+            )
             self.classifier = nn.Linear(8, 5)
 
         def forward(self, x):

@@ -81,3 +81,40 @@ def freeze(model: nn.Module) -> None:
     heads = head_paths(model)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(any(name.startswith(path + ".") for path in heads))
+
+
+class Classifier(nn.Sequential):
+    """A backbone's body and a fresh multi-layer head: what acme-vision fine-tunes from ResNets.
+
+    Built functionally (the body reuses the backbone's own modules), with a head of normalisation,
+    dropout and two Linear layers; only the last one's size depends on the class count.
+    """
+
+    def __init__(self, body: nn.Module, in_features: int, num_classes: int, *, hidden: int = 256) -> None:
+        like = next(body.parameters())
+        factory = {"device": like.device, "dtype": like.dtype}
+        head = nn.Sequential(
+            nn.BatchNorm1d(in_features, **factory),
+            nn.Dropout(0.25),
+            nn.Linear(in_features, hidden, **factory),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes, **factory),
+        )
+        super().__init__(body, head)
+
+
+def with_mlp_head(model: nn.Module, num_classes: int) -> Classifier:
+    """A new model: ``model`` without its ``fc``, followed by a multi-layer head (ResNets only)."""
+    body = nn.Sequential(*(child for name, child in model.named_children() if name != "fc"), nn.Flatten())
+    return Classifier(body, model.get_submodule("fc").in_features, num_classes)
+
+
+def freeze_body(model: nn.Module, *, train_bn: bool = True) -> None:
+    """Freeze the body of a :class:`Classifier`; by default its BatchNorm layers keep training their
+    weight and bias (acme-vision's recipe, like Lightning's ``train_bn=True``)."""
+    body, head = model.children()
+    for module in body.modules():
+        trainable = train_bn and isinstance(module, nn.modules.batchnorm._BatchNorm)
+        for parameter in module.parameters(recurse=False):
+            parameter.requires_grad_(trainable)
+    head.requires_grad_(True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from acme_vision import build_backbone, build_classifier, freeze, swap_head
+from acme_vision import build_backbone, build_classifier, freeze, freeze_body, swap_head, with_mlp_head
 from hypothesis import given, settings
 from torch import nn
 
-from pytest_zoo import ZooConformance
+from pytest_zoo import NormPolicy, ZooConformance
 from pytest_zoo import strategies as zs
 from pytest_zoo.strategies import ModelStrategies
 
@@ -48,3 +48,20 @@ class TestAcmeNet(TestAcmeModels):
 
     models = ("acmenet",)
     builder_oracle = False
+
+
+class TestAcmeFineTuning(ZooConformance):
+    """acme-vision's fine-tuning recipe: a functional swap to a multi-layer head, and a freeze that
+    keeps the body's BatchNorm weights training, declared as the recipe's normalisation policy."""
+
+    models = ("resnet18", "resnet34")
+    norm_policy = NormPolicy(affine="trainable")
+
+    def build_model(self, name: str) -> nn.Module:
+        return build_backbone(name)
+
+    def replace_head(self, model: nn.Module, num_classes: int) -> nn.Module:
+        return with_mlp_head(model, num_classes)
+
+    def freeze_backbone(self, model: nn.Module) -> None:
+        freeze_body(model)
