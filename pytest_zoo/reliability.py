@@ -146,6 +146,15 @@ class ZooReliability:
         model = zoo_model_of(item)
         try:
             return (yield)
+        except pytest.fail.Exception as exc:
+            # pytest-timeout's signal method fails the test from inside whatever it was doing;
+            # its message names neither the model nor the phase, which is what a reader needs.
+            if model is not None and str(exc.msg).startswith("Timeout") and "pytest-zoo:" not in exc.msg:
+                exc.msg = (
+                    f"{exc.msg}\npytest-zoo: the timeout hit while checking model {model!r} on "
+                    f"{self.device}, during test {phase} of {item.name}."
+                )
+            raise
         except Exception as exc:
             if model is None:
                 raise
