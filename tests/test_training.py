@@ -389,6 +389,16 @@ def test_declared_deploy_exceptions_are_well_formed() -> None:
     assert deploy_exception("resnet18", "export") is None
 
 
+def test_a_declared_deploy_exception_fails_as_declared() -> None:
+    name = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    model = build(name, 3)
+    declared = deploy_exception(name, "fx")
+    assert declared is not None
+    report = deployability(model, inputs(name, model, batch=1, size=64, n=3), "fx")
+    only_problem(report, declared.error)
+    assert deploy_exception(name, "script") is None
+
+
 # -- memory format and precision ---------------------------------------------------------------------
 
 
