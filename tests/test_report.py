@@ -1,0 +1,71 @@
+"""``--zoo-report``: a Markdown matrix and its JSON, merged over xdist workers; a bad path stops the run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from zoo_sessions import assert_clean, tiny_gate, write
+
+XFAIL = """
+import pytest
+
+
+@pytest.mark.xfail(reason="known: tinya has no aux head yet", strict=True)
+@pytest.mark.parametrize("zoo_model_name", ["tinya"])
+def test_aux_head(zoo_model_name):
+    raise AssertionError("no aux head")
+"""
+
+
+def test_report_matrix_and_json_merged_over_workers(pytester: pytest.Pytester) -> None:
+    write(
+        pytester.path,
+        {
+            "tox.ini": "[pytest]\nzoo_report = reports/zoo.md\n",
+            "conftest.py": "",
+            "reports/.keep": "",
+            "tests/test_gate.py": tiny_gate(),
+            "tests/test_aux.py": XFAIL,
+            "tests/test_other.py": "def test_not_a_zoo_test():\n    pass\n",
+        },
+    )
+    run = pytester.runpytest_subprocess("-n", "2", "--zoo-examples=1")
+    assert_clean(run)
+    report, data_path = pytester.path / "reports" / "zoo.md", pytester.path / "reports" / "zoo.json"
+    run.stdout.fnmatch_lines([f"zoo report: 2 model(s) x 7 check(s) written to {report} and {data_path}"])
+    data = json.loads(data_path.read_text())
+    assert data["totals"] == {"passed": 9, "skipped": 2, "xfailed": 1, "failed": 1}
+    cell = data["models"]["tinybad"]["TestTiny.test_replace_head_keeps_dtype_and_device"]
+    assert cell["outcome"] == "failed" and "replace_head made 2 tensors" in cell["reason"]
+    assert data["models"]["tinya"]["test_aux_head"] == {
+        "outcome": "xfailed",
+        "reason": "known: tinya has no aux head yet",
+        "tests": 1,
+    }
+    assert len(data["tests"]) == 13  # the plain test is no zoo test: not in the report
+    text = report.read_text()
+    assert text.startswith("## pytest-zoo conformance: 2 model(s) x 7 check(s)\n")
+    rows = [line for line in text.splitlines() if line.startswith("| tinybad |")]
+    assert rows and "❌ failed [" in rows[0] and "✅ passed" in rows[0]
+    assert (
+        "**tinybad** `TestTiny.test_replace_head_keeps_dtype_and_device` failed: ConformanceFailure" in text
+    )
+    assert "**tinya** `test_aux_head` xfailed: known: tinya has no aux head yet" in text
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("missing/zoo.md", "the directory * does not exist"),
+        ("zoo.json", "the report path names the Markdown file*"),
+    ],
+)
+def test_an_unwritable_report_path_is_a_usage_error_before_anything_runs(
+    pytester: pytest.Pytester, path: str, problem: str
+) -> None:
+    pytester.makepyfile("def test_must_not_run():\n    raise SystemExit('ran')\n")
+    result = pytester.runpytest_subprocess(f"--zoo-report={path}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--zoo-report={path}: cannot write the zoo report to *: {problem}*"])
+    result.stdout.no_fnmatch_line("*collected*")
