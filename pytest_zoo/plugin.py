@@ -168,7 +168,14 @@ def pytest_collection_modifyitems(
         for name in ("TestZoo", "TestZooWeights"):
             shipped = pytest.Class.from_parent(module, name=name)
             items.extend(item for item in session.genitems(shipped) if isinstance(item, pytest.Item))
-    _require_known(config, state, items, gates, suite)
+    try:
+        _require_known(config, state, items, gates, suite)
+    except pytest.UsageError as exc:
+        from .scheduling import worker_usage_error
+
+        if not worker_usage_error(config, str(exc)):
+            raise
+        items.clear()
 
 
 def _gate_classes(items: list[pytest.Item]) -> list[type]:
@@ -192,6 +199,13 @@ def _require_known(
     """Refuse a ``--zoo-models`` pattern that matches nothing this session can run."""
     from .reliability import zoo_model_of
 
+    if not gates:  # only torchvision's models can be meant: the same check as --zoo-list's
+        try:
+            select_models(state.options.patterns)
+        except SelectionError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        return
+
     known: set[str] = set()
     parts = []
     for cls in gates:
@@ -205,7 +219,7 @@ def _require_known(
         getattr(item, "cls", None) not in gates and zoo_model_of(item) is not None for item in items
     )
     snapshot = config.pluginmanager.get_plugin("pytest-zoo-snapshot")
-    if suite or free_form or snapshot is not None or not gates:
+    if suite or free_form or snapshot is not None:
         from torchvision.models import list_models
 
         torchvision_models = list_models()

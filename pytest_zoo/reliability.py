@@ -149,7 +149,7 @@ class ZooReliability:
         except pytest.fail.Exception as exc:
             # pytest-timeout's signal method fails the test from inside whatever it was doing;
             # its message names neither the model nor the phase, which is what a reader needs.
-            if model is not None and str(exc.msg).startswith("Timeout") and "pytest-zoo:" not in exc.msg:
+            if model is not None and str(exc.msg).startswith("Timeout") and "pytest-zoo:" not in str(exc.msg):
                 exc.msg = (
                     f"{exc.msg}\npytest-zoo: the timeout hit while checking model {model!r} on "
                     f"{self.device}, during test {phase} of {item.name}."

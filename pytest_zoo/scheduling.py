@@ -40,9 +40,10 @@ import pytest
 
 from .reliability import zoo_model_of
 
-__all__ = ["ZooScheduling", "group_by_model", "make_scheduler", "require_values"]
+__all__ = ["ZooScheduling", "group_by_model", "make_scheduler", "require_values", "worker_usage_error"]
 
 _CACHE_MODULE = "pytest_zoo.cache"
+USAGE_ERROR_FILE = "usage-error.txt"
 
 
 def group_by_model(items: list[pytest.Item]) -> None:
@@ -113,11 +114,12 @@ class ZooScheduling:
         self.worker_stats: dict[str, int] = {}
         self.workers = 0
         workerinput = getattr(config, "workerinput", None)
-        #: Where workers write ``{nodeid: model}`` for the controller's scheduler.
+        #: Where workers write what the controller needs before it schedules: ``{nodeid: model}``
+        #: for its scheduler, a usage error found at collection (see :func:`worker_usage_error`).
         self.groups_dir: Path | None = None
         if workerinput is not None:
             self.groups_dir = Path(workerinput["zoo_groups"]) if workerinput.get("zoo_groups") else None
-        elif self.xdist and getattr(config.option, "dist", "no") == "load":
+        elif self.xdist and getattr(config.option, "dist", "no") != "no":
             self.groups_dir = Path(tempfile.mkdtemp(prefix="pytest-zoo-groups-"))
 
     @pytest.hookimpl(optionalhook=True)
@@ -176,6 +178,11 @@ class ZooScheduling:
             cache.reset_active_cache()
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        error = self.groups_dir / USAGE_ERROR_FILE if self.groups_dir is not None else None
+        if error is not None and not hasattr(session.config, "workerinput") and error.exists():
+            # a worker found it at collection (see worker_usage_error): the controller reports it
+            sys.stderr.write(f"ERROR: {error.read_text(encoding='utf-8')}\n")
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
         stats = self._local_stats()
         _release_models()
         workeroutput = getattr(session.config, "workeroutput", None)
@@ -244,3 +251,18 @@ def make_scheduler(config: pytest.Config, log: Any, groups_dir: Path) -> Any:
             return nodeid if model is None else f"zoo-model:{model}"
 
     return ZooModelScheduling(config, log)
+
+
+def worker_usage_error(config: pytest.Config, message: str) -> bool:
+    """On an xdist worker, hand a usage error found at collection to the controller; else ``False``.
+
+    A ``UsageError`` raised on a worker is an INTERNALERROR on the controller ("worker crashed").
+    So the worker writes the message where the controller looks at the end of the session, and
+    collects nothing (every worker does the same, so the collections still agree); the controller
+    prints the message and exits with code 4, as a run without ``-n`` does.
+    """
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None or not workerinput.get("zoo_groups"):
+        return False
+    (Path(workerinput["zoo_groups"]) / USAGE_ERROR_FILE).write_text(message, encoding="utf-8")
+    return True

@@ -38,3 +38,14 @@ def test_a_name_nothing_knows_is_a_usage_error_listing_what_is_selectable(pytest
         ]
     )
     result.stdout.no_fnmatch_line("*passed*")
+
+
+def test_under_xdist_the_usage_error_is_the_controllers(pytester: pytest.Pytester) -> None:
+    """Workers find it at collection; the run ends with exit code 4 and the message, no INTERNALERROR."""
+    _gate_project(pytester)
+    result = pytester.runpytest_subprocess("--zoo-models=tinyz", "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: --zoo-models: zoo model pattern 'tinyz' matches none of the 2 model(s)*"]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
