@@ -1,6 +1,7 @@
 """Measure deployability (export, compile, script, fx) and full backward over torchvision builders.
 
 Usage: nice python benchmarks/deploy_sweep.py OUT.jsonl [fnmatch patterns...]
+(``SWEEP_STEPS=export,script`` runs a subset of export, compile, script, fx, backward.)
 
 One JSON line per (model, step): ok, seconds, the first line of the problem. This is what
 ``pytest_zoo.deployment.DEPLOY_EXCEPTIONS`` and the README's cost figures were read from. Inputs
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import signal
 import sys
 import time
@@ -57,7 +59,7 @@ def main() -> None:
         out.write(json.dumps(record) + "\n")
         out.flush()
         n = 0
-        steps: list[str] = [*METHODS, "backward"]
+        steps = os.environ.get("SWEEP_STEPS", ",".join([*METHODS, "backward"])).split(",")
         for step in steps:
             start = time.perf_counter()
             signal.alarm(240)
