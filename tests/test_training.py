@@ -27,6 +27,7 @@ from pytest_zoo.deployment import (
 from pytest_zoo.training import (
     CheckReport,
     Inputs,
+    declared_without_grad,
     finite_outputs,
     full_backward,
     named_leaves,
@@ -214,6 +215,10 @@ class TwoLayerHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = self.out(x)
         return y
+
+
+def test_no_torchvision_builder_declares_parameters_without_gradient() -> None:
+    assert declared_without_grad("googlenet") == {} == declared_without_grad("maskrcnn_resnet50_fpn")
 
 
 def test_full_backward_names_unused_parameters_and_stale_declarations() -> None:
