@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,7 +33,7 @@ import torch
 from hypothesis import example, given, settings
 from torch import nn
 
-from . import building, freezing, heads, inference, strategies, tasks
+from . import building, deployment, freezing, heads, inference, strategies, tasks, training
 from .cache import active_cache
 from .failures import FailureContext, exception_defects, hook_origin, parameter_groups, render, shape_defects
 from .families import InputSpec, find_family
@@ -118,6 +119,24 @@ _STATS_MOVED = (
     "norm_policy = NormPolicy(stats='update') if letting them update is your recipe"
 )
 
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A value check's subject: the model after the hooks, what must train, how to feed it."""
+
+    name: str
+    model: nn.Module
+    plan: _Plan
+    io: tasks.TaskIO
+    example: tasks.Example
+    n: int
+    device: torch.device
+    policy: NormPolicy
+
+
+#: The tasks whose models take one batched tensor, so batch equivalence applies.
+_BATCHED_TASKS = ("classification", "segmentation", "video", "quantized")
+
 #: (gate class, model name) -> the test that reported an architecture mismatch, so it fails once.
 _MISMATCH_REPORTED: dict[tuple[type, str], str] = {}
 
@@ -145,9 +164,18 @@ class ZooConformance:
     #: that must train besides the head the kit sees, e.g. ``("layer4.*",)`` for a recipe that
     #: fine-tunes the last stage too. Override :meth:`must_train` for anything a pattern can't say.
     trainable: ClassVar[Sequence[str]] = ()
+    #: The deployment paths :meth:`test_deployability` checks: any of ``"export"``, ``"compile"``,
+    #: ``"script"``, ``"fx"``. Empty by default: deployability is the most expensive check.
+    deploy: ClassVar[Sequence[deployment.Method]] = ()
     #: The zoo name of the model being checked, set before any hook runs, so hooks that need the
     #: architecture (a per-architecture cut point) need not tag the model.
     model_name: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Deployability is opt-in: the check exists in the classes that name what to deploy.
+        if cls.deploy and "test_deployability" not in vars(cls):
+            cls.test_deployability = cls._check_deployability  # type: ignore[attr-defined]
 
     # -- hooks: override these with your own model-building code -------------------------------
 
@@ -855,6 +883,241 @@ class ZooConformance:
                 )
 
         check()
+
+    # -- value checks: the fine-tuned model trains, reloads, batches and deploys ----------------
+
+    def _value_check(
+        self,
+        name: str,
+        device: torch.device,
+        hypothesis_settings: settings,
+        what: str,
+        run: Callable[[_Prepared], training.CheckReport | None],
+        *,
+        freeze: bool = True,
+        train: bool = False,
+        min_batch: int = 1,
+        under: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+    ) -> None:
+        """The skeleton every value check shares: hooks on a copy, one report, the failure layout.
+
+        The hooks run on a copy of the as-built model, because a value check changes weights (an
+        optimiser step, a float64 forward) and the session's build must stay as built for the next
+        check; copying is far cheaper than the rebuild the cache would otherwise do. ``run``
+        returns the check's :class:`~pytest_zoo.training.CheckReport`; a skipped one (the meta
+        device has no values) skips the test with its reason.
+        """
+        model = self._model(name, device)
+        io = tasks.task_io(name)
+        if device.type == "meta":
+            import pytest
+
+            pytest.skip(
+                f"{what} needs tensor values, which --zoo-device=meta does not have; run it with "
+                "--zoo-device=cpu (or cuda)"
+            )
+        reference = self._reference(name, model, device) if io.has_head else None
+        spec = self._spec(name, model)
+
+        @hypothesis_settings
+        @given(n=io.num_classes(), drawn=io.examples(spec, model, train=train))
+        def check(n: int, drawn: tasks.Example) -> None:
+            nonlocal model
+            model = self._fresh(model)
+            if drawn.batch < min_batch:
+                drawn = dataclasses.replace(drawn, batch=min_batch)
+            mode = "train" if train else "eval"
+            work = copy.deepcopy(model)
+            hook = "freeze_backbone" if freeze else "replace_head"
+            tail = f"model.{mode}(); outputs = model({io.describe(drawn)})"
+            steps = self._swap_steps(name, n, freeze=freeze, tail=tail) if io.has_head else []
+            context = self._context(name, hook, n=n, shape=drawn.shape, mode=mode, steps=steps)
+            with self._raises_as_failure(
+                context, "replace_head, then freeze_backbone," if freeze else "replace_head"
+            ):
+                swapped, trace = work, trace_swap(tensor_names(work), work)
+                with under():
+                    if io.has_head:
+                        swapped, trace = self._swap(work, n)
+                        swapped = self._freeze(swapped) if freeze else swapped
+            plan = (
+                self._plan(name, reference, swapped, trace)
+                if reference is not None
+                else _Plan(frozenset(k for k, _ in swapped.named_parameters()), {}, head_only=False)
+            )
+            prepared = _Prepared(name, swapped, plan, io, drawn, n, device, self.norm_policy)
+            context = self._context(name, hook, n=n, shape=drawn.shape, mode=mode, steps=steps)
+            report = run(prepared)
+            if report is not None and report.skipped is not None:
+                import pytest
+
+                pytest.skip(report.skipped)
+            if report is not None and not report.ok:
+                raise ConformanceFailure(
+                    render(
+                        context,
+                        f"{what}: " + "; ".join(report.problems),
+                        expected=dict(report.expected) or None,
+                        found=dict(report.found) or None,
+                        details=report.details,
+                    )
+                )
+
+        check()
+
+    def test_training_step(
+        self, zoo_model_name: str, zoo_device: torch.device, zoo_hypothesis_settings: settings
+    ) -> None:
+        """One SGD step (momentum, weight decay, over all of ``model.parameters()``) after
+        ``model.train()``: every parameter that must train moves, every other one is bit-identical,
+        and under ``NormPolicy(stats="frozen")`` no backbone running statistic moves."""
+
+        def run(p: _Prepared) -> training.CheckReport:
+            frozen = list(p.plan.norms) if p.policy.stats == "frozen" else []
+            inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=True)
+            return training.training_step(
+                p.model, inputs, p.io.score, must_train=p.plan.must_train, frozen_norm_modules=frozen
+            )
+
+        self._value_check(
+            zoo_model_name, zoo_device, zoo_hypothesis_settings, "the training step", run, train=True
+        )
+
+    def test_finite_outputs_and_backward(
+        self, zoo_model_name: str, zoo_device: torch.device, zoo_hypothesis_settings: settings
+    ) -> None:
+        """After ``replace_head`` the model holds no NaN (a head from ``torch.empty`` is NaN here),
+        its eval and train outputs are finite, and with nothing frozen every parameter gets a finite
+        gradient (timm's ``test_model_backward``)."""
+
+        def run(p: _Prepared) -> training.CheckReport:
+            report = training.nonfinite_state(p.model)
+            if not report.ok:
+                return report
+            for train in (False, True):
+                inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=train)
+                report = training.finite_outputs(p.model, inputs, train=train)
+                if not report.ok:
+                    return report
+            inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=True)
+            declared = training.declared_without_grad(p.name)
+            return training.full_backward(p.model, inputs, p.io.score, declared_without_grad=declared)
+
+        self._value_check(
+            zoo_model_name,
+            zoo_device,
+            zoo_hypothesis_settings,
+            "finite outputs and gradients",
+            run,
+            freeze=False,
+            train=True,
+            under=training.uninitialised_as_nan,
+        )
+
+    def test_state_dict_round_trip(
+        self, zoo_model_name: str, zoo_device: torch.device, zoo_hypothesis_settings: settings
+    ) -> None:
+        """The fine-tuned ``state_dict`` saved to bytes, loaded with ``weights_only=True`` into a fresh
+        model made by the same hooks, with ``strict=True``: no missing or unexpected key (a wrapper
+        prefix is named), identical eval outputs."""
+        built = self._model(zoo_model_name, zoo_device)
+
+        def fresh(n: int) -> nn.Module:
+            copy_ = copy.deepcopy(self._fresh(built))
+            if not tasks.task_io(zoo_model_name).has_head:
+                return copy_
+            swapped, _ = self._swap(copy_, n)
+            return self._freeze(swapped)
+
+        def run(p: _Prepared) -> training.CheckReport:
+            inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
+            return deployment.state_dict_round_trip(p.model, lambda: fresh(p.n), inputs)
+
+        self._value_check(
+            zoo_model_name, zoo_device, zoo_hypothesis_settings, "the state_dict round trip", run
+        )
+
+    def test_batch_equivalence(
+        self, zoo_model_name: str, zoo_device: torch.device, zoo_hypothesis_settings: settings
+    ) -> None:
+        """In eval mode each sample's output in a batch equals its output alone (transformers'
+        ``test_batching_equivalence`` tolerance): a head that mixes samples fails."""
+        io = tasks.task_io(zoo_model_name)
+        if io.task not in _BATCHED_TASKS:
+            import pytest
+
+            pytest.skip(f"{io.task} models take a list of inputs, not one batched tensor")
+
+        def run(p: _Prepared) -> training.CheckReport:
+            (x, *_), kwargs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
+            return deployment.batch_equivalence(p.model, x, kwargs=kwargs)
+
+        self._value_check(
+            zoo_model_name, zoo_device, zoo_hypothesis_settings, "batch equivalence", run, min_batch=2
+        )
+
+    def test_channels_last_and_autocast(
+        self, zoo_model_name: str, zoo_device: torch.device, zoo_hypothesis_settings: settings
+    ) -> None:
+        """A channels_last model and input reproduce the eager output (a ``.view`` head breaks
+        there), and a forward under ``torch.autocast`` (bfloat16 on CPU, float16 on CUDA) is finite
+        with the float32 shapes (a head that cannot take the autocast dtype breaks there)."""
+
+        def run(p: _Prepared) -> training.CheckReport:
+            inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
+            report = deployment.channels_last_equivalence(p.model, inputs)
+            if not report.ok and report.skipped is None:
+                return report
+            return deployment.precision_forward(p.model, inputs)
+
+        self._value_check(
+            zoo_model_name, zoo_device, zoo_hypothesis_settings, "channels_last / autocast", run
+        )
+
+    def _check_deployability(
+        self, zoo_model_name: str, zoo_device: torch.device, zoo_hypothesis_settings: settings
+    ) -> None:
+        """``torch.export``, ``torch.compile(backend="eager")``, ``torch.jit.script`` and
+        ``torch.fx.symbolic_trace`` of the eval model reproduce eager outputs. Collected as
+        ``test_deployability`` only in classes that opt in with :attr:`deploy` (it is the most
+        expensive check); declared exceptions are strict xfails."""
+        methods = tuple(self.deploy)
+        if not methods:
+            import pytest
+
+            pytest.skip(
+                "deployability is opt-in: set deploy = ('export', 'compile', 'script', 'fx') on the class"
+            )
+        declared: list[str] = []
+        fixed: list[str] = []
+
+        def run(p: _Prepared) -> training.CheckReport | None:
+            inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
+            for method in methods:
+                report = deployment.deployability(p.model, inputs, method)
+                exception = deployment.deploy_exception(p.name, method)
+                if exception is None:
+                    if not report.ok:
+                        return report
+                elif report.ok:
+                    fixed.append(f"{method} ({exception.reason})")
+                elif any(exception.error in problem for problem in report.problems):
+                    declared.append(f"{method}: {exception.reason}")
+                else:
+                    return report
+            return None
+
+        self._value_check(zoo_model_name, zoo_device, zoo_hypothesis_settings, "deployability", run)
+        if fixed:
+            raise ConformanceFailure(
+                f"{zoo_model_name}: declared not deployable, but it deploys now: "
+                f"{'; '.join(sorted(set(fixed)))}. Remove its row from "
+                "pytest_zoo.deployment.DEPLOY_EXCEPTIONS."
+            )
+        if declared:
+            import pytest
+
+            pytest.xfail(f"{zoo_model_name}: declared: " + "; ".join(sorted(set(declared))))
 
     def test_default_weights_metadata(self, zoo_model_name: str) -> None:
         """The DEFAULT weights enum describes the model the builder makes; nothing is downloaded."""
