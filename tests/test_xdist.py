@@ -19,9 +19,9 @@ ARGS = ("--zoo-models=squeezenet1_1,resnet18,mobilenet_v3_small", "--zoo-device=
 def _outcomes_by_test(lines: list[str]) -> dict[str, str]:
     found = {}
     for line in lines:
-        match = re.search(r"(PASSED|FAILED|SKIPPED|XFAIL|XPASS|ERROR) (pytest-zoo::\S+?)(@\w+)?\s*$", line)
+        match = re.search(r"(PASSED|FAILED|SKIPPED|XFAIL|XPASS|ERROR) (pytest-zoo::\S+?)()\s*$", line)
         if match is None:
-            match = re.search(r"(pytest-zoo::\S+?)(@\w+)? (PASSED|FAILED|SKIPPED|XFAIL|XPASS|ERROR)", line)
+            match = re.search(r"(pytest-zoo::\S+?)() (PASSED|FAILED|SKIPPED|XFAIL|XPASS|ERROR)", line)
             if match is not None:
                 found[match.group(1)] = match.group(3)
             continue
@@ -33,6 +33,9 @@ def test_two_workers_keep_each_model_together_and_match_the_serial_run(pytester:
     parallel = pytester.runpytest_subprocess(*ARGS, "-n", "2", "-v")
     text = parallel.stdout.str()
     assert "Different tests were collected" not in text
+    parallel.stdout.fnmatch_lines(["scheduling tests via ZooModelScheduling"])
+    # the ids are the serial ids: nothing appended for grouping (which broke --lf and pasted ids)
+    assert not [line for line in parallel.outlines if "pytest-zoo::" in line and "@" in line]
     workers: dict[str, set[str]] = defaultdict(set)
     for worker, model in re.findall(r"\[(gw\d)\] \[\s*\d+%\] \w+ pytest-zoo::\S+\[(\w+)\S*\]", text):
         workers[model].add(worker)
