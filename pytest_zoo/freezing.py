@@ -7,6 +7,7 @@ leaving the trap armed.
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,8 +75,9 @@ def count_parameters(model: nn.Module) -> ParameterCounts:
     return ParameterCounts(trainable=trainable, frozen=frozen)
 
 
-def _keep_in_eval(module: nn.Module, args: object) -> None:
-    module.training = False
+def _train_stays_eval(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``train()`` of a normalisation layer whose statistics are frozen: it stays in eval mode."""
+    return nn.Module.train(module, False)
 
 
 def freeze_backbone(
@@ -87,8 +89,8 @@ def freeze_backbone(
     """Freeze every parameter except the head's (exactly the layers :func:`replace_head` swaps).
 
     ``norm_stats`` and ``norm_affine`` are the two axes of a :class:`NormPolicy`. With
-    ``norm_stats="frozen"``, the backbone's normalisation layers run in eval mode even when the
-    model is in train mode (a forward pre-hook, so ``model.train()`` cannot undo it), which keeps
+    ``norm_stats="frozen"``, the backbone's normalisation layers stay in eval mode even when the
+    model is put in train mode (their own ``train`` keeps them there), which keeps
     their running statistics fixed. With ``norm_affine="trainable"`` their weights and biases keep
     training. Everything is validated and the adapter resolved before anything changes, so bad
     input raises with the model untouched rather than half frozen.
@@ -113,8 +115,9 @@ def freeze_backbone(
         trainable = name in head or (policy.affine == "trainable" and id(parameter) in norm_affine_names)
         parameter.requires_grad_(trainable)
     if policy.stats == "frozen":
+        # An instance-level train() that keeps eval mode: model.train() cannot undo it, and unlike a
+        # forward pre-hook it leaves the model scriptable (TorchScript ignores Python methods).
         for module in backbone_norms:
-            if not getattr(module, "_zoo_frozen", False):
-                module.register_forward_pre_hook(_keep_in_eval)
-                module._zoo_frozen = True  # type: ignore[assignment]
+            module.train = types.MethodType(_train_stays_eval, module)  # type: ignore[method-assign]
+            module.train(False)
     return count_parameters(model)

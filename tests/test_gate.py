@@ -130,7 +130,12 @@ def test_freeze_that_leaves_batchnorm_affine_parameters_trainable(pytester: pyte
 def test_hard_coded_in_features(pytester: pytest.Pytester) -> None:
     root = copy_example(pytester)
     break_code(root, "nn.Linear(old.in_features, num_classes,", "nn.Linear(512, num_classes,")
-    result = run(pytester, "--zoo-examples=1", "-k", "(head_matches or (mobilenet and forward_shape)) and not FineTuning")
+    result = run(
+        pytester,
+        "--zoo-examples=1",
+        "-k",
+        "(head_matches or (mobilenet and forward_shape)) and not FineTuning",
+    )
     # resnet18's head really takes 512 features, so the hard-coded value passes there, and only there.
     result.assert_outcomes(failed=4, passed=1)
     result.stdout.fnmatch_lines(

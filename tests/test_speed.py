@@ -52,7 +52,7 @@ def test_restore_undoes_everything_a_check_does(resnet18: nn.Module) -> None:
     before = _state(resnet18)
     state = ModelState.capture(resnet18)
     heads.replace_head(resnet18, 7)
-    freezing.freeze_backbone(resnet18, norm_stats="freeze")  # pre-hooks and a _zoo_frozen attribute
+    freezing.freeze_backbone(resnet18, norm_stats="freeze")  # an instance-level train() on every BatchNorm
     resnet18.layer1.register_forward_hook(lambda *args: None)
     resnet18.fc.weight.register_hook(lambda grad: grad)
     resnet18.train()
