@@ -45,9 +45,9 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def test_example_project_passes_its_own_gate(pytester: pytest.Pytester) -> None:
     copy_example(pytester)
     result = run(pytester, "-v")
-    # 3 torchvision models x 7 tests, acmenet x 6 (no torchvision weights to check: skipped), and
-    # the fine-tuning recipe (functional multi-layer head, train_bn policy) on 2 ResNets x 6.
-    result.assert_outcomes(passed=39, skipped=1)
+    # 3 torchvision models x 12 tests, acmenet x 11 (no torchvision weights to check: skipped), and
+    # the fine-tuning recipe (functional multi-layer head, train_bn policy) on 2 ResNets x 11.
+    result.assert_outcomes(passed=69, skipped=1)
     for line in (
         "*TestAcmeModels::test_head_matches_builder[[]googlenet[]] PASSED*",
         "*TestAcmeModels::test_replace_head_keeps_dtype_and_device[[]resnet18[]] PASSED*",
