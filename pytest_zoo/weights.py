@@ -839,14 +839,22 @@ def check_transformed(
 # -- real loading, checked ------------------------------------------------------------------------
 
 
+def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equal, where NaN equals NaN (a checkpoint may hold NaN layers on purpose)."""
+    if a.is_floating_point() and b.is_floating_point() and a.shape == b.shape:
+        return bool(torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
+    return torch.equal(a, b)
+
+
 def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
     """Load pretrained for real, offline, then swap the head and freeze the backbone.
 
     A checkpoint is fabricated into ``torch_home`` under the file name torch.hub expects; the
     builder is called with ``weights=W`` inside the network guard; every tensor of the loaded model
     must equal the fabricated one (so the file really was read). Then ``replace_head`` and
-    ``freeze_backbone`` must leave exactly the new head trainable, and the total parameter count
-    must be ``num_params`` with the old head's share swapped for the new one's. Quantized weights
+    ``freeze_backbone`` must leave exactly the new head trainable, the total parameter count
+    must be ``num_params`` with the old head's share swapped for the new one's, and no parameter
+    or buffer may hold NaN or inf. Quantized weights
     are loaded with ``quantize=True`` (their only valid use); a quantized model has no trainable
     parameters, so for them the check ends with the load and an eval forward at the crop size.
     """
@@ -862,7 +870,7 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
         if isinstance(value, torch.Tensor)
         and not value.is_quantized
         and key in fabricated
-        and not torch.equal(value, fabricated[key])
+        and not _identical(value, fabricated[key])
     ]
     # Quantized builders may convert after loading (MobileNetV3 loads QAT weights, then converts),
     # so for them only the tensors that survived unchanged in name are compared.
@@ -892,6 +900,13 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
             f"{case.label}, num_classes={num_classes}: after replace_head + freeze_backbone expected "
             f"{new_head:,} trainable / {expected_total:,} total, found {counts}"
         )
+    # Partial weights can leave NaN layers that a swap of the last one does not replace (VGG16's
+    # IMAGENET1K_FEATURES ships a NaN classifier): the fine-tuned model must hold finite values.
+    from .training import nonfinite_state
+
+    finite = nonfinite_state(model)
+    if not finite.ok:
+        raise MetadataMismatch(f"{case.label}, after replace_head: " + "; ".join(finite.problems))
     return f"loaded {len(loaded)} tensors; {counts}"
 
 

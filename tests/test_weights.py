@@ -201,6 +201,26 @@ def test_loading_reads_the_fabricated_checkpoint_then_swaps_head_and_freezes(
     result.assert_outcomes(passed=3)
 
 
+def test_partial_weights_that_leave_a_nan_layer_fail_the_loading_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VGG16's IMAGENET1K_FEATURES ships a NaN classifier: swapping only its last layer leaves NaN."""
+    fabricate = W.fabricate_checkpoint
+
+    def with_nan_classifier(
+        case: W.WeightsCase, torch_home: Path, **kwargs: object
+    ) -> dict[str, torch.Tensor]:
+        state = fabricate(case, torch_home, **kwargs)
+        state["classifier.0.weight"] = torch.full_like(state["classifier.0.weight"], float("nan"))
+        torch.save(state, W.checkpoint_path(case.weights, torch_home))
+        return state
+
+    monkeypatch.setattr(W, "fabricate_checkpoint", with_nan_classifier)
+    case = next(c for c in W.weights_cases(["vgg11"]) if c.weights.name == "IMAGENET1K_V1")
+    with pytest.raises(W.MetadataMismatch, match=r"hold NaN or inf, in 1 layers \(classifier\.0\)"):
+        W.check_loading(case, tmp_path, 7)
+
+
 def test_loading_without_a_checkpoint_is_a_network_error_naming_the_url(tmp_path: Path) -> None:
     case = W.resolve_weights_id("squeezenet1_1-IMAGENET1K_V1")
     with pytest.raises(NetworkAccessError, match=re.escape(case.weights.url)):
