@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from zoo_sessions import assert_clean, outcomes, tiny_gate, write
+from zoo_sessions import assert_clean, expected_gate, outcomes, tiny_gate, write
 
 SUBSET = "TestTiny or snapshot or (TestZoo and forward)"
 ARGS = ("--zoo-models=resnet18,tinya,tinybad", "--zoo-suite=yes", "--zoo-examples=1", "-k", SUBSET, "-v")
@@ -136,23 +136,7 @@ def _record_and_compare(pytester: pytest.Pytester, extra: tuple[str, ...]) -> di
     return found
 
 
-EXPECTED = {
-    **{
-        f"TestTiny::{check}[{model}]": "PASSED"
-        for model in ("tinya", "tinybad")
-        for check in (
-            "test_head_matches_builder",
-            "test_forward_shape",
-            "test_freeze_counts",
-            "test_gradients_reach_head_only",
-            "test_replace_head_keeps_dtype_and_device",
-        )
-    },
-    "TestTiny::test_default_weights_metadata[tinya]": "SKIPPED",
-    "TestTiny::test_default_weights_metadata[tinybad]": "SKIPPED",
-    "TestTiny::test_replace_head_keeps_dtype_and_device[tinybad]": "FAILED",
-    "TestZoo::test_forward_shape[resnet18]": "PASSED",
-}
+EXPECTED = {**expected_gate(), "TestZoo::test_forward_shape[resnet18]": "PASSED"}
 
 
 @pytest.mark.parametrize(

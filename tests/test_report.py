@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from zoo_sessions import assert_clean, tiny_gate, write
+from zoo_sessions import assert_clean, gate_checks, tiny_gate, write
 
 XFAIL = """
 import pytest
@@ -33,9 +33,12 @@ def test_report_matrix_and_json_merged_over_workers(pytester: pytest.Pytester) -
     run = pytester.runpytest_subprocess("-n", "2", "--zoo-examples=1")
     assert_clean(run)
     report, data_path = pytester.path / "reports" / "zoo.md", pytester.path / "reports" / "zoo.json"
-    run.stdout.fnmatch_lines([f"zoo report: 2 model(s) x 7 check(s) written to {report} and {data_path}"])
+    checks = len(gate_checks()) + 1  # and test_aux_head
+    run.stdout.fnmatch_lines(
+        [f"zoo report: 2 model(s) x {checks} check(s) written to {report} and {data_path}"]
+    )
     data = json.loads(data_path.read_text())
-    assert data["totals"] == {"passed": 9, "skipped": 2, "xfailed": 1, "failed": 1}
+    assert data["totals"] == {"passed": 2 * (checks - 1) - 3, "skipped": 2, "xfailed": 1, "failed": 1}
     cell = data["models"]["tinybad"]["TestTiny.test_replace_head_keeps_dtype_and_device"]
     assert cell["outcome"] == "failed" and "replace_head made 2 tensors" in cell["reason"]
     assert data["models"]["tinya"]["test_aux_head"] == {
@@ -43,9 +46,9 @@ def test_report_matrix_and_json_merged_over_workers(pytester: pytest.Pytester) -
         "reason": "known: tinya has no aux head yet",
         "tests": 1,
     }
-    assert len(data["tests"]) == 13  # the plain test is no zoo test: not in the report
+    assert len(data["tests"]) == 2 * (checks - 1) + 1  # the plain test is no zoo test: not in it
     text = report.read_text()
-    assert text.startswith("## pytest-zoo conformance: 2 model(s) x 7 check(s)\n")
+    assert text.startswith(f"## pytest-zoo conformance: 2 model(s) x {checks} check(s)\n")
     rows = [line for line in text.splitlines() if line.startswith("| tinybad |")]
     assert rows and "❌ failed [" in rows[0] and "✅ passed" in rows[0]
     assert (
