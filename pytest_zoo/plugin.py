@@ -163,11 +163,6 @@ def pytest_collection_modifyitems(
         return
     gates = _gate_classes(items)
     suite = state.options.suite == "yes" or (state.options.suite == "auto" and not gates)
-    if suite:
-        module = pytest.Module.from_parent(session, path=SUITE_PATH, nodeid=SUITE_NODEID)
-        for name in ("TestZoo", "TestZooWeights"):
-            shipped = pytest.Class.from_parent(module, name=name)
-            items.extend(item for item in session.genitems(shipped) if isinstance(item, pytest.Item))
     try:
         _require_known(config, state, items, gates, suite)
     except pytest.UsageError as exc:
@@ -176,6 +171,12 @@ def pytest_collection_modifyitems(
         if not worker_usage_error(config, str(exc)):
             raise
         items.clear()
+        return
+    if suite:
+        module = pytest.Module.from_parent(session, path=SUITE_PATH, nodeid=SUITE_NODEID)
+        for name in ("TestZoo", "TestZooWeights"):
+            shipped = pytest.Class.from_parent(module, name=name)
+            items.extend(item for item in session.genitems(shipped) if isinstance(item, pytest.Item))
 
 
 def _gate_classes(items: list[pytest.Item]) -> list[type]:
