@@ -13,6 +13,11 @@ CHECKS = (
     "test_freeze_counts",
     "test_gradients_reach_head_only",
     "test_replace_head_keeps_dtype_and_device",
+    "test_training_step",
+    "test_finite_outputs_and_backward",
+    "test_state_dict_round_trip",
+    "test_batch_equivalence",
+    "test_channels_last_and_autocast",
     "test_default_weights_metadata",
 )
 
