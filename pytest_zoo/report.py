@@ -235,6 +235,15 @@ def _reason(report: pytest.TestReport) -> str:
 _RANK = {"passed": 0, "skipped": 1, "xfailed": 1, "failed": 2, "error": 3}
 
 
+def outcome_of(report: pytest.TestReport) -> str | None:
+    """What one phase's report says of its test, as the report counts it; ``None`` for a pass."""
+    if report.passed:
+        return None
+    if report.skipped:
+        return "xfailed" if hasattr(report, "wasxfail") else "skipped"
+    return "failed" if report.when == "call" else "error"
+
+
 def collect_outcomes(reports: Iterable[pytest.TestReport]) -> list[ZooOutcome]:
     """One outcome per zoo test, from all its phase reports: an error in setup/teardown wins."""
     outcomes: dict[str, ZooOutcome] = {}
@@ -245,13 +254,8 @@ def collect_outcomes(reports: Iterable[pytest.TestReport]) -> list[ZooOutcome]:
         entry = outcomes.setdefault(
             report.nodeid, ZooOutcome(report.nodeid, props["model"], props["family"], props["task"])
         )
-        if report.passed:
-            continue
-        if report.skipped:
-            outcome = "xfailed" if hasattr(report, "wasxfail") else "skipped"
-        else:
-            outcome = "failed" if report.when == "call" else "error"
-        if _RANK[outcome] > _RANK[entry.outcome]:
+        outcome = outcome_of(report)
+        if outcome is not None and _RANK[outcome] > _RANK[entry.outcome]:
             entry.outcome, entry.reason = outcome, _reason(report)
     return sorted(outcomes.values(), key=lambda o: (o.family, o.model, o.nodeid))
 
@@ -355,13 +359,8 @@ class ZooReport:
         entry = self.entries.setdefault(
             report.nodeid, ReportEntry(report.nodeid, model, check_name(report.nodeid))
         )
-        if report.passed:
-            return
-        if report.skipped:
-            outcome = "xfailed" if hasattr(report, "wasxfail") else "skipped"
-        else:
-            outcome = "failed" if report.when == "call" else "error"
-        if _RANK[outcome] > _RANK[entry.outcome]:
+        outcome = outcome_of(report)
+        if outcome is not None and _RANK[outcome] > _RANK[entry.outcome]:
             reason = str(getattr(report, "wasxfail", "") or "") if outcome == "xfailed" else _reason(report)
             entry.outcome, entry.reason = outcome, reason
 
