@@ -119,6 +119,11 @@ def test_strict_gate_fails_before_registering_and_passes_after(pytester: pytest.
         "test_freeze_counts",
         "test_gradients_reach_head_only",
         "test_replace_head_keeps_dtype_and_device",
+        "test_training_step",
+        "test_finite_outputs_and_backward",
+        "test_state_dict_round_trip",
+        "test_batch_equivalence",
+        "test_channels_last_and_autocast",
     ]
     for check in checks:
         result.stdout.fnmatch_lines([f"test_registered.py::TestTwoHeadNet::{check}[[]twoheadnet[]]*PASSED*"])
