@@ -12,6 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
 # Imported once, at collection: a first import of torch later, after another test file's in-process
 # pytester run restored sys.modules, fails inside torch._C.
 import torch  # noqa: F401
