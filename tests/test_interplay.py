@@ -98,7 +98,7 @@ def test_xdist_ids_are_plain_so_last_failed_and_deselect_work(pytester: pytest.P
     )
     assert_clean(run)
     text = run.stdout.str()
-    run.stdout.fnmatch_lines(["*scheduling tests via ZooModelScheduling*", f"FAILED {FAILING_GLOB}"])
+    run.stdout.fnmatch_lines(["*scheduling tests via ZooModelScheduling*", f"FAILED {FAILING_GLOB}*"])
     ids = outcomes(run.outlines)
     assert ids["tests/test_hashable.py::test_every_plugin_is_hashable"] == "PASSED"
     assert not [i for i in ids if "@" in i], ids
