@@ -39,6 +39,7 @@ from .families import InputSpec, find_family
 from .freezing import NORM_TYPES, NormPolicy
 from .reference import (
     PROBE,
+    HeadOracle,
     Shapes,
     SwapTrace,
     architecture_mismatch,
@@ -106,8 +107,15 @@ class _Plan:
     must_train: frozenset[str]
     #: The backbone's normalisation layers (not created by ``replace_head``), by path.
     norms: Mapping[str, nn.Module]
+    #: Their weights and biases, by parameter name: what a :class:`NormPolicy`'s ``affine`` governs.
+    norm_affine: frozenset[str]
     #: Whether the head is the class-dependent layers alone (no extra layers, no declared extras).
     head_only: bool
+
+    @classmethod
+    def end_to_end(cls, model: nn.Module) -> _Plan:
+        """A model without a class head (RAFT) trains whole: every parameter must train."""
+        return cls(frozenset(k for k, _ in model.named_parameters()), {}, frozenset(), head_only=False)
 
 
 _STATS_MOVED = (
@@ -306,6 +314,16 @@ class ZooConformance:
         returned: object = self.freeze_backbone(model)  # type: ignore[func-returns-value]
         return returned if isinstance(returned, nn.Module) else model
 
+    def _hooked(
+        self, model: nn.Module, n: int, *, has_head: bool, freeze: bool
+    ) -> tuple[nn.Module, SwapTrace]:
+        """``replace_head`` (then ``freeze_backbone``) on ``model``, as the checks that train run
+        them; a model without a class head (RAFT) is used as it is."""
+        if not has_head:
+            return model, trace_swap(tensor_names(model), model)
+        swapped, trace = self._swap(model, n)
+        return (self._freeze(swapped) if freeze else swapped), trace
+
     def _swap_steps(self, name: str, n: int, *, freeze: bool = False, tail: str = "") -> list[str]:
         """The reproduce lines that rebuild what a check ran, as the hooks were actually used."""
         if getattr(self, "_swapped_in_place", False):
@@ -347,11 +365,7 @@ class ZooConformance:
         kwargs = reference_kwargs(name, model)
         call = ", ".join(["num_classes=n", *(f"{k}={v!r}" for k, v in sorted(kwargs.items()))])
         against = f"torchvision's {name}({call})"
-        oracle = active_cache().oracle(
-            ("builder", name, repr(sorted(kwargs.items()))),
-            lambda n: building.build_model(name, num_classes=n, structural=True, **kwargs),
-            group=name,
-        )
+        oracle = _builder_oracle(name, kwargs)
         mismatch = architecture_mismatch(state_shapes(model), oracle.shapes(PROBE), oracle.head_keys)
         if mismatch is not None:
             cls = type(self).__qualname__
@@ -432,14 +446,12 @@ class ZooConformance:
             own += [f"{path}.{k}" if path else k for k, _ in module.named_buffers(recurse=False)]
             if isinstance(module, NORM_TYPES) and own and all(k in trace.kept for k in own):
                 norms[path] = module
-        affine = set()
-        if self.norm_policy.affine == "trainable":
-            affine = {
-                f"{path}.{k}" if path else k for path, m in norms.items() for k, _ in m.named_parameters()
-            }
-        must = head | declared | affine
+        affine = frozenset(
+            f"{path}.{k}" if path else k for path, m in norms.items() for k, _ in m.named_parameters()
+        )
+        must = head | declared | (affine if self.norm_policy.affine == "trainable" else set())
         class_dependent_only = {k for k in params if trace.original(k) in reference.head_names}
-        return _Plan(frozenset(must), norms, head_only=must == class_dependent_only)
+        return _Plan(frozenset(must), norms, affine, head_only=must == class_dependent_only)
 
     def _aux_heads(self, name: str, model: nn.Module) -> tuple[str, ...]:
         family = find_family(name)
@@ -528,11 +540,7 @@ class ZooConformance:
 
     def _check_converted(self, name: str, model: nn.Module, n: int, example: tasks.Example) -> None:
         # The kit built the converted model itself, with its own defaults: so is its reference.
-        oracle = active_cache().oracle(
-            ("builder", name, "[]"),
-            lambda k: building.build_model(name, num_classes=k, structural=True),
-            group=name,
-        )
+        oracle = _builder_oracle(name, {})
         expected = {k: v for k, v in oracle.shapes(n).items() if k in oracle.head_names}
         side = max(tasks.CONVERTED_MIN_SIZE, *example.size)
         example = tasks.Example(min(example.batch, 2), (side, side), None, example.seed)
@@ -785,14 +793,11 @@ class ZooConformance:
             steps = self._swap_steps(name, n, freeze=True, tail=train)
             context = self._context(name, "freeze_backbone", n=n, shape=shape, mode="train", steps=steps)
             with self._raises_as_failure(context, "replace_head, freeze_backbone, forward and backward"):
-                swapped, trace = model, trace_swap(tensor_names(model), model)
-                if io.has_head:
-                    swapped, trace = self._swap(model, n)
-                    swapped = self._freeze(swapped)
+                swapped, trace = self._hooked(model, n, has_head=io.has_head, freeze=True)
                 must = (
                     self._plan(name, reference, swapped, trace)
                     if reference is not None
-                    else _Plan(frozenset(k for k, _ in swapped.named_parameters()), {}, head_only=False)
+                    else _Plan.end_to_end(swapped)
                 )
                 before = _norm_buffers(must.norms, clone=True) if stats_frozen else {}
                 swapped.train()
@@ -932,24 +937,25 @@ class ZooConformance:
             work = copy.deepcopy(model)
             hook = "freeze_backbone" if freeze else "replace_head"
             tail = f"model.{mode}(); outputs = model({io.describe(drawn)})"
-            steps = self._swap_steps(name, n, freeze=freeze, tail=tail) if io.has_head else []
-            context = self._context(name, hook, n=n, shape=drawn.shape, mode=mode, steps=steps)
-            with self._raises_as_failure(
-                context, "replace_head, then freeze_backbone," if freeze else "replace_head"
+
+            def context() -> FailureContext:
+                # The reproduce lines follow how the hooks were used (an in-place swap or not).
+                steps = self._swap_steps(name, n, freeze=freeze, tail=tail) if io.has_head else []
+                return self._context(name, hook, n=n, shape=drawn.shape, mode=mode, steps=steps)
+
+            with (
+                self._raises_as_failure(
+                    context(), "replace_head, then freeze_backbone," if freeze else "replace_head"
+                ),
+                under(),
             ):
-                swapped, trace = work, trace_swap(tensor_names(work), work)
-                with under():
-                    if io.has_head:
-                        swapped, trace = self._swap(work, n)
-                        swapped = self._freeze(swapped) if freeze else swapped
+                swapped, trace = self._hooked(work, n, has_head=io.has_head, freeze=freeze)
             plan = (
                 self._plan(name, reference, swapped, trace)
                 if reference is not None
-                else _Plan(frozenset(k for k, _ in swapped.named_parameters()), {}, head_only=False)
+                else _Plan.end_to_end(swapped)
             )
-            prepared = _Prepared(name, swapped, plan, io, drawn, n, device, self.norm_policy)
-            context = self._context(name, hook, n=n, shape=drawn.shape, mode=mode, steps=steps)
-            report = run(prepared)
+            report = run(_Prepared(name, swapped, plan, io, drawn, n, device, self.norm_policy))
             if report is not None and report.skipped is not None:
                 import pytest
 
@@ -957,7 +963,7 @@ class ZooConformance:
             if report is not None and not report.ok:
                 raise ConformanceFailure(
                     render(
-                        context,
+                        context(),
                         f"{what}: " + "; ".join(report.problems),
                         expected=dict(report.expected) or None,
                         found=dict(report.found) or None,
@@ -1015,12 +1021,10 @@ class ZooConformance:
         prefix is named), identical eval outputs."""
         built = self._model(zoo_model_name, zoo_device)
 
+        has_head = tasks.task_io(zoo_model_name).has_head
+
         def fresh(n: int) -> nn.Module:
-            copy_ = copy.deepcopy(self._fresh(built))
-            if not tasks.task_io(zoo_model_name).has_head:
-                return copy_
-            swapped, _ = self._swap(copy_, n)
-            return self._freeze(swapped)
+            return self._hooked(copy.deepcopy(self._fresh(built)), n, has_head=has_head, freeze=True)[0]
 
         def run(p: _Prepared) -> training.CheckReport:
             inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
@@ -1143,6 +1147,15 @@ class ZooConformance:
         _expect(callable(weights.transforms()), lambda: f"{where}: transforms() did not return a callable")
 
 
+def _builder_oracle(name: str, kwargs: Mapping[str, Any]) -> HeadOracle:
+    """torchvision's ``name(num_classes=n, **kwargs)`` as a shape oracle, built structurally, cached."""
+    return active_cache().oracle(
+        ("builder", name, repr(sorted(kwargs.items()))),
+        lambda n: building.build_model(name, num_classes=n, structural=True, **kwargs),
+        group=name,
+    )
+
+
 def _is_builder(name: str) -> bool:
     from torchvision.models import list_models
 
@@ -1198,7 +1211,7 @@ def _norm_buffers(norms: Mapping[str, nn.Module], *, clone: bool) -> dict[str, t
 
 def _freeze_defects(found: set[str], plan: _Plan, trace: SwapTrace) -> list[str]:
     """Say what a wrong trainable (or ``.grad``) set points at, most specific first."""
-    norm_affine = {f"{p}.{k}" if p else k for p, m in plan.norms.items() for k, _ in m.named_parameters()}
+    norm_affine = plan.norm_affine
     extra, missing = found - plan.must_train, plan.must_train - found
     defects = []
     if extra & norm_affine:
