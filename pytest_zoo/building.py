@@ -9,6 +9,7 @@ which fails on meta tensors but works here, because only registered state goes t
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 from collections.abc import Iterator
 from typing import Any
@@ -24,9 +25,11 @@ __all__ = [
     "build_model",
     "builder_kwargs",
     "meta_fast_paths",
+    "poisoned_init",
     "real_init",
     "structural_init",
     "takes_num_classes",
+    "uninitialised_copy",
 ]
 
 
@@ -88,6 +91,71 @@ def real_init() -> Iterator[None]:
         yield
     finally:
         nn.Module.register_parameter, nn.Module.register_buffer = patched  # type: ignore[method-assign]
+
+
+def uninitialised_copy(model: nn.Module, *, dtype: torch.dtype | None = None) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are new, uninitialised tensors.
+
+    For a check that reads the model's structure but not its values (the dtype a new head gets),
+    or that overwrites every value first (a ``load_state_dict`` into a fresh model): the copy's
+    module tree, flags, hooks and plain attributes are the model's, while its weights cost an
+    allocation the operating system only backs once something writes to it, not a model-sized
+    copy. ``dtype`` converts the floating tensors, as ``copy.deepcopy(model).to(dtype)`` would.
+    """
+    memo: dict[int, object] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        kind = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+        empty = torch.empty_like(tensor, dtype=kind)
+        memo[id(tensor)] = (
+            nn.Parameter(empty, requires_grad=tensor.requires_grad)
+            if isinstance(tensor, nn.Parameter)
+            else empty
+        )
+    return copy.deepcopy(model, memo)
+
+
+#: The in-place initialisers of ``torch.nn.init``: what builders and ``reset_parameters`` call.
+_INITIALISERS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "eye_",
+    "dirac_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+    "sparse_",
+)
+
+
+@contextlib.contextmanager
+def poisoned_init() -> Iterator[None]:
+    """Within this context, ``torch.nn.init``'s initialisers fill floating tensors with NaN.
+
+    For a build whose every value is overwritten before it is read, the way torchvision's
+    ``builder(weights=W)`` loads a checkpoint into the model it has just initialised: drawing
+    regnet_y_128gf's 644M random initial values costs seconds, and they are discarded at once.
+    NaN instead of leaving memory as it is: a value the load did not overwrite stays NaN, so it
+    cannot pass for a loaded one.
+    """
+    from unittest import mock
+
+    with contextlib.ExitStack() as stack:
+        for initialiser in _INITIALISERS:
+            stack.enter_context(mock.patch.object(nn.init, initialiser, _poison))
+        yield
+
+
+def _poison(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    if tensor.is_floating_point():
+        with torch.no_grad():
+            tensor.fill_(float("nan"))
+    return tensor
 
 
 _batch_norm = F.batch_norm

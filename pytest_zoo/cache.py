@@ -22,6 +22,7 @@ shapes at any class count, from two structural probe builds) for as long as the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import weakref
 from collections.abc import Callable, Hashable, Iterator
@@ -33,7 +34,16 @@ from torch import nn
 
 from .reference import HeadOracle
 
-__all__ = ["CacheStats", "HeadOracle", "ModelCache", "ModelState", "active_cache", "reset_active_cache"]
+__all__ = [
+    "CacheStats",
+    "HeadOracle",
+    "ModelCache",
+    "ModelState",
+    "active_cache",
+    "fingerprint",
+    "reset_active_cache",
+    "return_freed_memory",
+]
 
 _T = TypeVar("_T")
 
@@ -50,8 +60,13 @@ def _copy_value(value: object) -> object:
     return value
 
 
-def _fingerprint(tensor: torch.Tensor) -> tuple[object, ...]:
-    """What changes when a tensor's values may have changed: its version, storage, dtype, device."""
+def fingerprint(tensor: torch.Tensor) -> tuple[object, ...]:
+    """What changes when a tensor's values may have changed: its version, storage, dtype, device.
+
+    Every in-place write bumps the version counter and a ``.data = ...`` swaps the storage, so an
+    equal fingerprint proves the values untouched without a copy to compare them with (a write
+    through ``tensor.data``, which has a version counter of its own, is the one thing it misses).
+    """
     storage = 0 if tensor.device.type == "meta" else tensor.untyped_storage().data_ptr()
     return (tensor._version, storage, tensor.dtype, tensor.device, tuple(tensor.shape))
 
@@ -81,13 +96,13 @@ class ModelState:
             hooks = {
                 a: _copy_value(getattr(parameter, a)) for a in _PARAMETER_HOOK_ATTRS if hasattr(parameter, a)
             }
-            parameters.append((parameter, parameter.requires_grad, _fingerprint(parameter), hooks))
+            parameters.append((parameter, parameter.requires_grad, fingerprint(parameter), hooks))
         buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
         return cls(modules, parameters, buffers)
 
     def intact(self) -> bool:
         """Whether every parameter still holds its as-built values (nothing wrote to it in place)."""
-        return all(_fingerprint(p) == fingerprint for p, _, fingerprint, _ in self.parameters)
+        return all(fingerprint(p) == saved for p, _, saved, _ in self.parameters)
 
     def restore(self) -> bool:
         if not self.intact():
@@ -231,10 +246,36 @@ class ModelCache:
                 gc.collect()
             if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
                 torch.cuda.empty_cache()
+            return_freed_memory()
         return len(gone)
 
     def __iter__(self) -> Iterator[Hashable]:
         return iter(list(self._entries))
+
+
+def return_freed_memory() -> None:
+    """Hand the memory freed tensors left in the C allocator's heap back to the operating system.
+
+    glibc keeps freed blocks below its (adaptive, up to 32 MB) mmap threshold for reuse, so a
+    model-sized set of gradients or a freed model stays resident after it is gone, and the next
+    model-sized allocation comes on top of it: peak memory grows by a model per check instead of
+    staying at the largest one. ``malloc_trim`` returns it (milliseconds); elsewhere it is a no-op.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None  # not glibc (macOS, musl): nothing to trim, or nothing to trim with
 
 
 def _holds_memory(model: nn.Module) -> bool:

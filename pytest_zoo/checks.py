@@ -26,14 +26,14 @@ import fnmatch
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from hypothesis import example, given, settings
 from torch import nn
 
 from . import building, deployment, freezing, heads, inference, strategies, tasks, training
-from .cache import active_cache
+from .cache import active_cache, return_freed_memory
 from .failures import FailureContext, exception_defects, hook_origin, parameter_groups, render, shape_defects
 from .families import InputSpec, find_family
 from .freezing import NORM_TYPES, NormPolicy
@@ -139,7 +139,13 @@ class _Prepared:
     n: int
     device: torch.device
     policy: NormPolicy
+    #: The as-built model's uninitialised twin (see :func:`~pytest_zoo.building.uninitialised_copy`),
+    #: for a check that loads state into a fresh model; ``None`` unless the check asked for it.
+    twin: nn.Module | None = None
 
+
+#: What a value check writes: which decides whether it may run on the session's build itself.
+_Writes = Literal["nothing", "trainable", "anything"]
 
 #: The tasks whose models take one batched tensor, so batch equivalence applies.
 _BATCHED_TASKS = ("classification", "segmentation", "video", "quantized")
@@ -853,7 +859,9 @@ class ZooConformance:
         if not tasks.task_io(name).has_head:
             self._expect_no_head(name, self._model(name, zoo_device))
             return
-        model = copy.deepcopy(self._model(name, zoo_device)).to(torch.float64)  # the build is shared
+        # The build is shared, and only the dtype the new head gets is read: a float64 twin whose
+        # weights are uninitialised memory, not a converted copy (vit_h_14: 5 GB).
+        model = building.uninitialised_copy(self._model(name, zoo_device), dtype=torch.float64)
 
         @zoo_hypothesis_settings
         @given(n=num_classes(max_value=1_000))
@@ -900,9 +908,11 @@ class ZooConformance:
         freeze: bool = True,
         train: bool = False,
         min_batch: int = 1,
+        writes: _Writes = "nothing",
+        twin: bool = False,
         under: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
-        """The skeleton every value check shares: hooks on a copy, one report, the failure layout.
+        """The skeleton every value check shares: hooks on the session's build, one report, the layout.
 
         A value check runs one deterministic example (:func:`_value_example`), not Hypothesis
         draws: what it proves (a step moves exactly the trainable parameters, a reload is exact)
@@ -910,9 +920,14 @@ class ZooConformance:
         is of a moderate, legal size, so that random-init statistics are not degenerate (a 1x1
         image in a batch of 2 makes BatchNorm divide by its epsilon, layer after layer).
 
-        The hooks run on a copy of the as-built model, because a value check changes weights (an
-        optimiser step, a float64 forward) and the session's build must stay as built for the next
-        check; copying is far cheaper than the rebuild the cache would otherwise do. ``run``
+        The hooks run on the session's as-built model itself, as the Hypothesis checks do: the
+        cache puts back what they change (the head, flags, buffers) and rebuilds a model whose
+        weights were written. A check declares what it ``writes``: ``"trainable"`` (an optimiser
+        step) runs on a copy of the hooked model when something that must train is a weight the
+        build owns (a trainable norm policy, RAFT trained whole); ``"anything"`` (deployment,
+        which may rewrite modules) always does. Nothing else is copied, so a model's value checks
+        hold one model-sized build, not two. ``twin`` adds an uninitialised copy of the as-built
+        model to the prepared subject, for a check that loads state into a fresh model. ``run``
         returns the check's :class:`~pytest_zoo.training.CheckReport`; a skipped one (the meta
         device has no values) skips the test with its reason.
         """
@@ -934,9 +949,9 @@ class ZooConformance:
             nonlocal model
             model = self._fresh(model)
             mode = "train" if train else "eval"
-            work = copy.deepcopy(model)
             hook = "freeze_backbone" if freeze else "replace_head"
             tail = f"model.{mode}(); outputs = model({io.describe(drawn)})"
+            fresh = building.uninitialised_copy(model) if twin else None
 
             def context() -> FailureContext:
                 # The reproduce lines follow how the hooks were used (an in-place swap or not).
@@ -949,13 +964,23 @@ class ZooConformance:
                 ),
                 under(),
             ):
-                swapped, trace = self._hooked(work, n, has_head=io.has_head, freeze=freeze)
+                swapped, trace = self._hooked(model, n, has_head=io.has_head, freeze=freeze)
             plan = (
                 self._plan(name, reference, swapped, trace)
                 if reference is not None
                 else _Plan.end_to_end(swapped)
             )
-            report = run(_Prepared(name, swapped, plan, io, drawn, n, device, self.norm_policy))
+            if writes == "anything" or (writes == "trainable" and not plan.must_train <= trace.introduced):
+                swapped = copy.deepcopy(swapped)
+            subject = _Prepared(name, swapped, plan, io, drawn, n, device, self.norm_policy, fresh)
+            try:
+                report = run(subject)
+            finally:
+                # A full backward leaves a model-sized set of gradients on the session's build.
+                for parameter in swapped.parameters():
+                    parameter.grad = None
+                del subject, swapped
+                return_freed_memory()
             if report is not None and report.skipped is not None:
                 import pytest
 
@@ -985,7 +1010,9 @@ class ZooConformance:
                 p.model, inputs, p.io.score, must_train=p.plan.must_train, frozen_norm_modules=frozen
             )
 
-        self._value_check(zoo_model_name, zoo_device, "the training step", run, train=True)
+        self._value_check(
+            zoo_model_name, zoo_device, "the training step", run, train=True, writes="trainable"
+        )
 
     def test_finite_outputs_and_backward(self, zoo_model_name: str, zoo_device: torch.device) -> None:
         """After ``replace_head`` the model holds no NaN (a head from ``torch.empty`` is NaN here),
@@ -1019,18 +1046,20 @@ class ZooConformance:
         """The fine-tuned ``state_dict`` saved to bytes, loaded with ``weights_only=True`` into a fresh
         model made by the same hooks, with ``strict=True``: no missing or unexpected key (a wrapper
         prefix is named), identical eval outputs."""
-        built = self._model(zoo_model_name, zoo_device)
-
         has_head = tasks.task_io(zoo_model_name).has_head
 
-        def fresh(n: int) -> nn.Module:
-            return self._hooked(copy.deepcopy(self._fresh(built)), n, has_head=has_head, freeze=True)[0]
-
         def run(p: _Prepared) -> training.CheckReport:
-            inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
-            return deployment.state_dict_round_trip(p.model, lambda: fresh(p.n), inputs)
+            as_built = p.twin
+            assert as_built is not None
 
-        self._value_check(zoo_model_name, zoo_device, "the state_dict round trip", run)
+            def fresh() -> nn.Module:
+                model = building.uninitialised_copy(as_built)
+                return self._hooked(model, p.n, has_head=has_head, freeze=True)[0]
+
+            inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
+            return deployment.state_dict_round_trip(p.model, fresh, inputs)
+
+        self._value_check(zoo_model_name, zoo_device, "the state_dict round trip", run, twin=True)
 
     def test_batch_equivalence(self, zoo_model_name: str, zoo_device: torch.device) -> None:
         """In eval mode each sample's output in a batch equals its output alone (transformers'
@@ -1092,7 +1121,7 @@ class ZooConformance:
                     return report
             return None
 
-        self._value_check(zoo_model_name, zoo_device, "deployability", run)
+        self._value_check(zoo_model_name, zoo_device, "deployability", run, writes="anything")
         if fixed:
             raise ConformanceFailure(
                 f"{zoo_model_name}: declared not deployable, but it deploys now: "

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import io
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -145,7 +146,7 @@ def state_dict_round_trip(
     rtol: float = 1e-5,
     check: str = "state_dict round trip",
 ) -> CheckReport:
-    """Save ``model.state_dict()`` to bytes, reload it into a fresh model, and compare eval outputs.
+    """Save ``model.state_dict()`` to a file, reload it into a fresh model, and compare eval outputs.
 
     ``build_fresh()`` must build the same architecture through the same hooks (``build_model`` then
     ``replace_head(.., n)``); it runs under ``torch.manual_seed(seed)`` in a forked RNG, so its random
@@ -154,45 +155,75 @@ def state_dict_round_trip(
     ``_orig_mod.`` wrapper prefix), a refused strict load, and eval outputs that differ after the
     load (state the outputs depend on that is not in the ``state_dict``: a head kept in a plain
     list or attribute, a tensor that is not a parameter or persistent buffer).
+
+    On the CPU the file is memory-mapped and its tensors become the fresh model's
+    (``load_state_dict(strict=True, assign=True)``), so the round trip holds the model and the
+    file's pages, not a third copy of the weights. ``assign`` can only misjudge a model that also
+    reaches a parameter outside its registered ones (an alias in a plain list); so outputs that
+    differ are confirmed with a second fresh model loaded by copy, the way users load, before
+    anything is reported.
     """
     skipped = needs_values(check, model)
     if skipped is not None:
         return skipped
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fresh = build_fresh().to(model_device(model))
-    saved_keys, fresh_keys = set(saved), set(fresh.state_dict())
-    found = {"missing": sorted(fresh_keys - saved_keys), "unexpected": sorted(saved_keys - fresh_keys)}
-    expected: dict[str, object] = {"missing": [], "unexpected": []}
-    if saved_keys != fresh_keys:
-        problem = f"missing keys {_listed(found['missing'])}, unexpected keys {_listed(found['unexpected'])}"
-        prefix = _wrapper_prefix(saved_keys, fresh_keys)
-        if prefix is not None:
-            problem = f"every saved key carries the prefix {prefix!r} ({_WRAPPERS[prefix]}); " + problem
-        return CheckReport(
-            check,
-            problems=(f"the saved state_dict does not fit a fresh model: {problem}",),
-            expected=expected,
-            found=found,
-        )
-    try:
-        fresh.load_state_dict(saved, strict=True)
-    except (RuntimeError, ValueError) as error:
-        return CheckReport(
-            check, problems=(_error("load_state_dict(strict=True)", error),), expected=expected, found=found
-        )
-    model.eval()
-    fresh.eval()
-    try:
-        with _exact():
-            reference, reloaded = _call(model, inputs), _call(fresh, inputs)
-    except Exception as error:
-        return CheckReport(check, problems=(_error("the eval forward", error),))
-    problems, details = compare_outputs(reference, reloaded, atol=atol, rtol=rtol, what="the reloaded model")
+    device = model_device(model)
+    mapped = device.type == "cpu"
+
+    def fresh_model() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_fresh().to(device)
+
+    with tempfile.TemporaryDirectory(prefix="pytest-zoo-round-trip-", ignore_cleanup_errors=True) as tmp:
+        path = Path(tmp) / "state_dict.pt"
+        torch.save(model.state_dict(), path)
+        saved = torch.load(path, weights_only=True, mmap=mapped, map_location=None if mapped else device)
+        fresh = fresh_model()
+        saved_keys, fresh_keys = set(saved), set(fresh.state_dict())
+        found = {"missing": sorted(fresh_keys - saved_keys), "unexpected": sorted(saved_keys - fresh_keys)}
+        expected: dict[str, object] = {"missing": [], "unexpected": []}
+        if saved_keys != fresh_keys:
+            problem = (
+                f"missing keys {_listed(found['missing'])}, unexpected keys {_listed(found['unexpected'])}"
+            )
+            prefix = _wrapper_prefix(saved_keys, fresh_keys)
+            if prefix is not None:
+                problem = f"every saved key carries the prefix {prefix!r} ({_WRAPPERS[prefix]}); " + problem
+            return CheckReport(
+                check,
+                problems=(f"the saved state_dict does not fit a fresh model: {problem}",),
+                expected=expected,
+                found=found,
+            )
+        try:
+            fresh.load_state_dict(saved, strict=True, assign=mapped)
+        except (RuntimeError, ValueError) as error:
+            return CheckReport(
+                check,
+                problems=(_error("load_state_dict(strict=True)", error),),
+                expected=expected,
+                found=found,
+            )
+        model.eval()
+        try:
+            with _exact():
+                reference = _call(model, inputs)
+                problems, details = compare_outputs(
+                    reference, _call(fresh.eval(), inputs), atol=atol, rtol=rtol, what="the reloaded model"
+                )
+                if problems and mapped:
+                    del fresh
+                    fresh = fresh_model()
+                    fresh.load_state_dict(saved, strict=True)
+                    problems, details = compare_outputs(
+                        reference,
+                        _call(fresh.eval(), inputs),
+                        atol=atol,
+                        rtol=rtol,
+                        what="the reloaded model",
+                    )
+        except Exception as error:
+            return CheckReport(check, problems=(_error("the eval forward", error),))
     if problems:
         problems.append(
             "some state the outputs depend on is not in state_dict: a head kept in a plain list or "
@@ -397,11 +428,19 @@ def deployability(
 
 @contextlib.contextmanager
 def _memory_format(model: nn.Module, fmt: torch.memory_format) -> Iterator[None]:
+    """``model`` in ``fmt`` inside; afterwards on the very tensors it had before. Converting back
+    would copy every weight a second time, into storage that the session's model cache could not
+    tell from a weight changed in place (it would rebuild the model)."""
+    parameters = [(parameter, parameter.data) for parameter in model.parameters()]
+    buffers = [(module, key, buffer) for module in model.modules() for key, buffer in module._buffers.items()]
     model.to(memory_format=fmt)
     try:
         yield
     finally:
-        model.to(memory_format=torch.contiguous_format)
+        for parameter, data in parameters:
+            parameter.data = data
+        for module, key, buffer in buffers:
+            module._buffers[key] = buffer
 
 
 def channels_last_equivalence(

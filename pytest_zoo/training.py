@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .cache import fingerprint
+
 __all__ = [
     "CheckReport",
     "Inputs",
@@ -126,6 +128,10 @@ def _nonfinite(tensor: torch.Tensor) -> str | None:
     if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
         return None
     values = tensor.detach()
+    # One reduction decides the common case: NaN and inf propagate through a sum, so a finite sum
+    # means finite values (a sum that overflows is counted exactly below, like a non-finite one).
+    if torch.isfinite(values.sum()):
+        return None
     nan = int(torch.isnan(values).sum())
     inf = int(torch.isinf(values).sum())
     if not nan and not inf:
@@ -344,7 +350,11 @@ def training_step(
         return CheckReport(
             check, problems=(f"must_train names parameters the model lacks: {_listed(unknown)}",)
         )
-    before = {name: p.detach().clone() for name, p in params.items()}
+    # Only what can get a gradient is copied: the step updates nothing else, so for the rest it is
+    # enough to see that no in-place write reached it (its version and storage), without a copy of
+    # a frozen backbone the size of the model.
+    before = {name: p.detach().clone() for name, p in params.items() if p.requires_grad}
+    untouched = {name: fingerprint(p) for name, p in params.items() if not p.requires_grad}
     norms: dict[str, torch.Tensor] = {}
     for path in frozen_norm_modules:
         module = model.get_submodule(path)
@@ -361,7 +371,8 @@ def training_step(
         optimizer.step()
     except Exception as error:
         return CheckReport(check, problems=(_error("the training step", error),))
-    changed = {name for name, p in params.items() if not torch.equal(p.detach(), before[name])}
+    changed = {name for name, value in before.items() if not torch.equal(params[name].detach(), value)}
+    changed |= {name for name, saved in untouched.items() if fingerprint(params[name]) != saved}
     stuck = set(must_train) - changed
     moved = changed - set(must_train)
     buffers = dict(model.named_buffers())

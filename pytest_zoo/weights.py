@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 import torch
 from torch import nn
 
-from .building import structural_init
+from .building import poisoned_init, structural_init
+from .cache import active_cache
 from .reference import PROBE, probe, state_shapes
 
 if TYPE_CHECKING:
@@ -442,13 +443,23 @@ def checkpoint_path(weights: Any, torch_home: Path) -> Path:
 def fabricate_checkpoint(case: WeightsCase, torch_home: Path, **kwargs: Any) -> dict[str, torch.Tensor]:
     """Write a checkpoint for ``case`` under the file name torch.hub expects; return its contents.
 
-    The contents are the load-time ``state_dict`` of the model the builder makes with those weights
-    (random values, exactly the keys, shapes and dtypes the builder will load, quantized ones
-    included). The file is written atomically: a failed save leaves no half-written checkpoint that
-    a later run would try to load.
+    The contents are the load-time ``state_dict`` of the model the builder makes with those weights:
+    exactly the keys, shapes and dtypes the builder will load, quantized ones included, with random
+    floating values (drawn once, not initialised first and then redrawn: the builder's own
+    initialisation is poisoned away, see :func:`~pytest_zoo.building.poisoned_init`). A quantized
+    model is built for real, because quantizing needs the float weights it converts. The file is
+    written atomically: a failed save leaves no half-written checkpoint that a later run would try
+    to load.
     """
-    built = build_with_weights(case, structural=False, **kwargs)
+    quantized = case.task == "quantization"
+    with contextlib.nullcontext() if quantized else poisoned_init():
+        built = build_with_weights(case, structural=False, **kwargs)
     state = built.checkpoint
+    if not quantized:
+        with torch.no_grad():
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    value.uniform_(-1.0, 1.0)
     path = checkpoint_path(case.weights, torch_home)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=".pth")
@@ -469,26 +480,44 @@ def load_pretrained_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) 
     The checkpoint must already be in ``torch_home`` (see :func:`fabricate_checkpoint`); any attempt
     to download raises :class:`~pytest_zoo.netguard.NetworkAccessError` naming the URL.
     """
+    return _load_offline(case, torch_home, **kwargs)[0]
+
+
+def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[nn.Module, Mapping[str, Any]]:
+    """:func:`load_pretrained_offline`, and the checkpoint as the builder read it from the file.
+
+    The builder's random initialisation is poisoned (NaN, at memset speed) rather than drawn: the
+    load overwrites it, and whatever it would not overwrite stays NaN instead of passing for loaded.
+    The checkpoint is memory-mapped, so the model and the file's pages are the only model-sized
+    memory: no read copy of the file sits beside them.
+    """
     from .netguard import network_guard, patched
 
     expected = checkpoint_path(case.weights, torch_home)
-    read: list[str] = []
+    read: list[tuple[str, object]] = []
     original_load = torch.load
 
     def load(f: Any, *args: Any, **kw: Any) -> Any:
-        read.append(os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f))
-        return original_load(f, *args, **kw)
+        if isinstance(f, (str, os.PathLike)):
+            kw.setdefault("mmap", True)
+        loaded = original_load(f, *args, **kw)
+        read.append((os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f), loaded))
+        return loaded
 
-    with network_guard(torch_home=torch_home) as guard, patched(torch, "load", load):
+    with network_guard(torch_home=torch_home) as guard, patched(torch, "load", load), poisoned_init():
         model = case.builder(weights=case.weights, **kwargs)
     if guard.attempts:
         raise MetadataMismatch(f"{case.label}: loading tried the network: {guard.attempts}")
-    if not any(os.path.samefile(path, expected) for path in read if os.path.exists(path)):
+    checkpoint = next(
+        (value for path, value in read if os.path.exists(path) and os.path.samefile(path, expected)), None
+    )
+    if not isinstance(checkpoint, Mapping):
         raise MetadataMismatch(
-            f"{case.label}: the builder did not read the checkpoint at {expected} (files read: {read}). "
-            "Does it load weights from somewhere other than torch.hub's cache?"
+            f"{case.label}: the builder did not read the checkpoint at {expected} (files read: "
+            f"{[path for path, _ in read]}). Does it load weights from somewhere other than torch.hub's "
+            "cache?"
         )
-    return model
+    return model, checkpoint
 
 
 def is_finite_number(value: object) -> TypeGuard[float]:
@@ -861,8 +890,13 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
     from . import freezing, heads
 
     kwargs: dict[str, Any] = {"quantize": True} if case.task == "quantization" else {}
-    fabricated = fabricate_checkpoint(case, torch_home, **kwargs)
-    model = load_pretrained_offline(case, torch_home, **kwargs)
+    # The session's cached build of this model is a third model-sized allocation beside the loaded
+    # model and the checkpoint's pages; the plugin runs a model's weights checks after its
+    # ZooConformance checks, so nothing is rebuilt for dropping it.
+    active_cache().release()
+    # Only the file is kept, not the fabricated tensors: the comparison is with what was read.
+    fabricate_checkpoint(case, torch_home, **kwargs)
+    model, fabricated = _load_offline(case, torch_home, **kwargs)
     loaded = model.state_dict()
     differing = [
         key
