@@ -40,7 +40,14 @@ import pytest
 
 from .reliability import zoo_model_of
 
-__all__ = ["ZooScheduling", "group_by_model", "make_scheduler", "require_values", "worker_usage_error"]
+__all__ = [
+    "ZooScheduling",
+    "group_by_model",
+    "make_scheduler",
+    "require_values",
+    "share_cores",
+    "worker_usage_error",
+]
 
 _CACHE_MODULE = "pytest_zoo.cache"
 USAGE_ERROR_FILE = "usage-error.txt"
@@ -103,6 +110,26 @@ def _release_models() -> None:
         cache.active_cache().release()
 
 
+def share_cores(workers: int) -> int | None:
+    """Give each of ``workers`` processes its share of the cores for torch's intra-op threads.
+
+    torch starts as many threads as the machine has cores in every process, so ``-n 2`` on two
+    cores runs four threads that wait on each other at every parallel op (a compute run measured
+    2-5x slower). An ``OMP_NUM_THREADS`` the user set is theirs and left alone. The variable is
+    set before torch is imported where it can be (torch reads it at start), and applied to an
+    already imported torch too. Returns the thread count it chose, or ``None``.
+    """
+    if "OMP_NUM_THREADS" in os.environ or workers < 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    return threads
+
+
 class ZooScheduling:
     """The scheduling hooks, registered by the plugin at configure time as one object."""
 
@@ -141,6 +168,9 @@ class ZooScheduling:
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         group_by_model(items)
         workerinput = getattr(config, "workerinput", None)
+        if workerinput is not None and any(zoo_model_of(item) is not None for item in items):
+            # only a run that checks models gets its threads changed, before any test runs
+            share_cores(int(workerinput.get("workercount", 1)))
         if workerinput is not None and self.groups_dir is not None:
             groups = {item.nodeid: model for item in items if (model := zoo_model_of(item)) is not None}
             target = self.groups_dir / f"{workerinput['workerid']}.json"

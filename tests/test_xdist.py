@@ -6,6 +6,7 @@ check of identical collection; the rest is read from the verbose report (``[gwN]
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 
@@ -63,3 +64,40 @@ def test_an_explicit_dist_mode_is_left_alone(pytester: pytest.Pytester) -> None:
     )
     result.stdout.fnmatch_lines(["*scheduling tests via LoadFileScheduling*"])
     assert result.ret == 0
+
+
+THREADS_GATE = """
+import os
+import torch
+import pytest_zoo
+
+
+class TestThreads(pytest_zoo.ZooConformance):
+    models = ["resnet18"]
+
+    def build_model(self, name):
+        # what the worker's torch runs with once its first zoo test started (a worker's stdout is
+        # not shown, so it goes to a file)
+        with open("threads.txt", "a") as f:
+            print(f"threads={torch.get_num_threads()} omp={os.environ.get('OMP_NUM_THREADS')}", file=f)
+        return super().build_model(name)
+"""
+
+
+@pytest.mark.parametrize("omp", [None, "1"])
+def test_workers_share_the_cores_unless_the_user_set_threads(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, omp: str | None
+) -> None:
+    """Two workers on N cores run N/2 torch threads each (not N each, which wait on each other);
+    an OMP_NUM_THREADS the user set is kept."""
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    pytester.makepyfile(test_threads=THREADS_GATE)
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "--zoo-device=meta", "--zoo-examples=1", "-k", "freeze_counts"
+    )
+    result.assert_outcomes(passed=1)
+    expected = omp or str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert (pytester.path / "threads.txt").read_text().splitlines() == [f"threads={expected} omp={expected}"]
