@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from .families import TASKS
-from .selection import Patterns, SelectionError, parse_patterns
+from ..zoo.families import TASKS
+from ..zoo.selection import Patterns, SelectionError, parse_patterns
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -321,3 +321,15 @@ def resolve_device(spec: str, source: str = "--zoo-device") -> str:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise pytest.UsageError(f"{source}={spec}: MPS is not available. Use --zoo-device=cpu or auto.")
     return spec
+
+
+@dataclass(eq=False)  # eq=False keeps it hashable, like everything the kit hands to pytest
+class ZooState:
+    options: ZooOptions
+    #: The selected torchvision builder names, sorted, or ``None`` when no zoo models were
+    #: requested. Possibly empty: a pattern may name a model only a gate class lists, which is
+    #: known after collection (see ``pytest_collection_modifyitems``).
+    selected: list[str] | None
+
+
+STATE_KEY = pytest.StashKey[ZooState]()

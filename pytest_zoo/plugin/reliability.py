@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .isolation import StateSnapshot, capture, classify
+from ..guards.state import StateSnapshot, capture, classify
 from .report import collect_outcomes, model_properties, render_summary
 
 if TYPE_CHECKING:
-    from .netguard import NetworkGuard
+    from ..guards.network import NetworkGuard
 
 __all__ = ["ZooReliability", "zoo_model_of"]
 
@@ -170,7 +170,7 @@ class ZooReliability:
             for prop in model_properties(model):
                 if prop not in item.user_properties:
                     item.user_properties.append(prop)
-            from .netguard import network_guard  # urllib.request & co.: only in runs with zoo tests
+            from ..guards.network import network_guard  # urllib.request & co.: only in runs with zoo tests
 
             snapshot = capture()
             stack = contextlib.ExitStack()

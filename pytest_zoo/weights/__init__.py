@@ -28,12 +28,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
+from unittest import mock
 
 import torch
 from torch import nn
 
-from .building import structural_init
-from .reference import PROBE, probe, state_shapes
+from ..models.building import structural_init
+from ..models.reference import PROBE, probe, state_shapes
+from ..zoo.families import task_of
 
 if TYPE_CHECKING:
     from hypothesis import settings
@@ -102,7 +104,7 @@ _IMAGENET = {"ImageNet-1K": ("acc@1", "acc@5")}
 #: Per task: the meta keys that must be present, and the ``_metrics`` dataset -> metric keys.
 TASK_FIELDS: Mapping[str, tuple[frozenset[str], Mapping[str, tuple[str, ...]]]] = {
     "classification": (_COMMON_FIELDS | {"categories"}, _IMAGENET),
-    "quantization": (_COMMON_FIELDS | {"categories", "backend", "unquantized"}, _IMAGENET),
+    "quantized": (_COMMON_FIELDS | {"categories", "backend", "unquantized"}, _IMAGENET),
     "detection": (_COMMON_FIELDS | {"categories"}, {"COCO-val2017": ("box_map",)}),
     "segmentation": (
         _COMMON_FIELDS | {"categories"},
@@ -180,12 +182,6 @@ def declared_exception(weights: Any, check: str) -> DeclaredException | None:
 # -- enumeration ----------------------------------------------------------------------------------
 
 
-def _task(builder: Callable[..., Any]) -> str:
-    """The task a builder belongs to, from torchvision's own package layout (as its tests do)."""
-    parts = builder.__module__.split(".")
-    return parts[2] if len(parts) > 3 and parts[1] == "models" else "classification"
-
-
 @dataclass(frozen=True)
 class WeightsCase:
     """One (builder, weights enum member) pair: the unit every metadata check runs on."""
@@ -216,7 +212,7 @@ class WeightsCase:
 
     @property
     def task(self) -> str:
-        return _task(self.builder)
+        return task_of(self.model)
 
     def mismatch(self, field: str, expected: object, found: object, hint: str = "") -> MetadataMismatch:
         """The error for one wrong field: model, weights, field, expected and found, and a way out."""
@@ -336,7 +332,7 @@ _PROBES: dict[str, dict[int, dict[str, tuple[int, ...]]]] = {}
 
 def _probe_shapes(case: WeightsCase) -> dict[int, dict[str, tuple[int, ...]]]:
     """State shapes of ``builder(weights=None, num_classes=n)`` at the two probe class counts."""
-    from .building import builder_kwargs
+    from ..models.building import builder_kwargs
 
     if case.model not in _PROBES:
 
@@ -469,7 +465,7 @@ def load_pretrained_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) 
     The checkpoint must already be in ``torch_home`` (see :func:`fabricate_checkpoint`); any attempt
     to download raises :class:`~pytest_zoo.netguard.NetworkAccessError` naming the URL.
     """
-    from .netguard import network_guard, patched
+    from ..guards.network import network_guard
 
     expected = checkpoint_path(case.weights, torch_home)
     read: list[str] = []
@@ -479,7 +475,7 @@ def load_pretrained_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) 
         read.append(os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f))
         return original_load(f, *args, **kw)
 
-    with network_guard(torch_home=torch_home) as guard, patched(torch, "load", load):
+    with network_guard(torch_home=torch_home) as guard, mock.patch.object(torch, "load", load):
         model = case.builder(weights=case.weights, **kwargs)
     if guard.attempts:
         raise MetadataMismatch(f"{case.label}: loading tried the network: {guard.attempts}")
@@ -509,7 +505,7 @@ def float_case(case: WeightsCase) -> tuple[WeightsCase, dict[str, Any]]:
     a quantized model's parameters are packed and its FLOPs are not what was published. The same
     quantizable builder is called with the unquantized weights and ``quantize=False``.
     """
-    if case.task == "quantization":
+    if case.task == "quantized":
         return WeightsCase(case.model, case.meta["unquantized"]), {"quantize": False}
     return case, {}
 
@@ -607,7 +603,7 @@ def check_num_params(case: WeightsCase) -> None:
         raise case.mismatch(
             "num_params",
             f"{count:,} (parameters of {case.model}(weights={case.weights!r}), built on the meta device"
-            + (", as the float model it quantizes)" if case.task == "quantization" else ")"),
+            + (", as the float model it quantizes)" if case.task == "quantized" else ")"),
             f"{declared:,}" if isinstance(declared, int) else repr(declared),
             hint,
         )
@@ -686,13 +682,13 @@ def check_file_size(case: WeightsCase) -> None:
     tensors = built(case).checkpoint.values()
     size = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) / 2**20
     low, high = size, size * (1 + FILE_SIZE_TOLERANCE) + 0.1
-    if case.task == "quantization":
+    if case.task == "quantized":
         low = sum(p.numel() for p in built(case).model.parameters()) / 2**20
     if not low <= declared <= high:
         raise case.mismatch(
             "_file_size",
             f"{low:.3f}..{high:.3f} MiB (the {len(built(case).checkpoint)} tensors the builder loads, "
-            + ("int8..float32" if case.task == "quantization" else "float32")
+            + ("int8..float32" if case.task == "quantized" else "float32")
             + ", plus pickling)",
             declared,
         )
@@ -858,9 +854,9 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
     are loaded with ``quantize=True`` (their only valid use); a quantized model has no trainable
     parameters, so for them the check ends with the load and an eval forward at the crop size.
     """
-    from . import freezing, heads
+    from ..models import freezing, heads
 
-    kwargs: dict[str, Any] = {"quantize": True} if case.task == "quantization" else {}
+    kwargs: dict[str, Any] = {"quantize": True} if case.task == "quantized" else {}
     fabricated = fabricate_checkpoint(case, torch_home, **kwargs)
     model = load_pretrained_offline(case, torch_home, **kwargs)
     loaded = model.state_dict()
@@ -874,14 +870,14 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
     ]
     # Quantized builders may convert after loading (MobileNetV3 loads QAT weights, then converts),
     # so for them only the tensors that survived unchanged in name are compared.
-    unexpected = sorted(set(loaded) - set(fabricated)) if case.task != "quantization" else []
+    unexpected = sorted(set(loaded) - set(fabricated)) if case.task != "quantized" else []
     if differing or unexpected:
         raise MetadataMismatch(
             f"{case.label}: the loaded model does not hold the fabricated checkpoint "
             f"{checkpoint_path(case.weights, torch_home)}: differing {differing[:5]}, "
             f"not in the checkpoint {unexpected[:5]}"
         )
-    if case.task == "quantization":
+    if case.task == "quantized":
         with torch.no_grad():
             out = model.eval()(torch.rand(reference_inputs(case)[0].shape))
         if tuple(out.shape) != (1, len(case.meta["categories"])):
@@ -902,7 +898,7 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
         )
     # Partial weights can leave NaN layers that a swap of the last one does not replace (VGG16's
     # IMAGENET1K_FEATURES ships a NaN classifier): the fine-tuned model must hold finite values.
-    from .training import nonfinite_state
+    from ..conformance.training import nonfinite_state
 
     finite = nonfinite_state(model)
     if not finite.ok:

@@ -1,0 +1,209 @@
+"""Building zoo models offline, on a device, or structurally (shapes only, no weight memory).
+
+Structural builds put every parameter and buffer on the ``meta`` device *as it is registered*,
+instead of running the whole builder under ``torch.device("meta")``. The difference matters: some
+builders compute plain tensors while they build (RegNet's ``BlockParams`` calls ``.tolist()``),
+which fails on meta tensors but works here, because only registered state goes to meta.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..zoo.families import find_family
+
+__all__ = [
+    "accepts",
+    "build_model",
+    "builder_kwargs",
+    "meta_fast_paths",
+    "real_init",
+    "structural_init",
+    "takes_num_classes",
+]
+
+
+@contextlib.contextmanager
+def structural_init(*, cpu_default: bool = True) -> Iterator[None]:
+    """Within this context, new modules keep their parameters and buffers on the meta device.
+
+    Initialisers then run on meta tensors, which costs nothing, so even regnet_y_128gf (644M
+    parameters) builds in well under a second. ``cpu_default`` also makes CPU the default device
+    for tensors created without one, for builders that compute with real values; leave it off
+    around forward passes, where that ``torch.device`` mode intercepts every torch call and made
+    meta forwards several times slower.
+    """
+    register_parameter = nn.Module.register_parameter
+    register_buffer = nn.Module.register_buffer
+
+    def to_meta_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(self, name, param)
+
+    def to_meta_buffer(
+        self: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True
+    ) -> None:
+        if tensor is not None and tensor.device.type != "meta":
+            tensor = tensor.to("meta")
+        register_buffer(self, name, tensor, persistent=persistent)
+
+    _UNPATCHED.append((register_parameter, register_buffer))
+    nn.Module.register_parameter = to_meta_parameter  # type: ignore[method-assign]
+    nn.Module.register_buffer = to_meta_buffer  # type: ignore[method-assign]
+    try:
+        # small, real tensors for whatever the builder computes itself
+        with torch.device("cpu") if cpu_default else contextlib.nullcontext():
+            yield
+    finally:
+        nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
+        nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
+        _UNPATCHED.pop()
+
+
+#: The registration methods each active :func:`structural_init` replaced, outermost first.
+_UNPATCHED: list[tuple[Any, Any]] = []
+
+
+@contextlib.contextmanager
+def real_init() -> Iterator[None]:
+    """Suspend every active :func:`structural_init`: modules built here get real tensors.
+
+    For the one build in a structural run that needs values on purpose (``build_model(name,
+    device="cpu")``, e.g. a quantized conversion that calibrates on an image).
+    """
+    if not _UNPATCHED:
+        yield
+        return
+    patched = nn.Module.register_parameter, nn.Module.register_buffer
+    nn.Module.register_parameter, nn.Module.register_buffer = _UNPATCHED[0]  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = patched  # type: ignore[method-assign]
+
+
+_batch_norm = F.batch_norm
+
+
+def _shape_only_batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """``F.batch_norm`` for meta inputs: same shape checks, same autograd edges, no decomposition."""
+    if input.device.type != "meta":
+        return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    size = input.size()
+    if training and input.numel() // max(size[1], 1) <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    channels = (1, -1) + (1,) * (input.dim() - 2)
+    for stat in (running_mean, running_var, weight, bias):
+        if stat is not None and stat.numel() != size[1]:
+            raise RuntimeError(
+                f"running_mean/var, weight and bias should have {size[1]} elements, not {stat.numel()}"
+            )
+    out = input * weight.reshape(channels) if weight is not None else input.clone()
+    return out + bias.reshape(channels) if bias is not None else out
+
+
+@contextlib.contextmanager
+def meta_fast_paths() -> Iterator[None]:
+    """Shape-only shortcuts for meta tensors where torch's meta path is slow Python.
+
+    Batch norm on meta tensors runs torch's Python decomposition, which was two thirds of a meta
+    forward through efficientnet_b7 or resnet152. The shortcut keeps what a structural check can
+    observe: the output shape, the channel-count and one-value-per-channel errors, and gradient
+    edges to the weight and bias; tensors on real devices take torch's own path.
+    """
+    F.batch_norm = _shape_only_batch_norm
+    try:
+        yield
+    finally:
+        F.batch_norm = _batch_norm
+
+
+def builder_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
+    """The keyword arguments the kit builds ``name`` with: offline, cheap, warning-free.
+
+    Family defaults (e.g. ViT's small ``image_size``) come first, the caller's ``overrides`` win,
+    and ``weights`` defaults to ``None`` so nothing is ever downloaded unless asked for.
+    ``weights=None`` alone is not offline for detection and segmentation builders: they default
+    ``weights_backbone`` to ImageNet weights and download them, so a builder that takes
+    ``weights_backbone`` gets ``None`` too.
+    """
+    family = find_family(name)
+    kwargs: dict[str, Any] = dict(family.build_kwargs) if family else {}
+    if family is not None:
+        kwargs.update(family.inputs.size_kwargs())
+    kwargs.setdefault("weights", None)
+    if accepts(name, "weights_backbone"):
+        kwargs.setdefault("weights_backbone", None)
+    kwargs.update(overrides)
+    return kwargs
+
+
+@functools.cache
+def takes_num_classes(name: str) -> bool:
+    """Whether ``builder(num_classes=n)`` builds: most builders take it through ``**kwargs``, so
+    only a (structural, cheap) build can tell; RAFT's builders pass it on and its class refuses it.
+    """
+    try:
+        build_model(name, num_classes=3, structural=True)
+    except TypeError:
+        return False
+    return True
+
+
+def accepts(name: str, parameter: str) -> bool:
+    """Whether the torchvision builder ``name`` declares ``parameter``; unknown names take nothing."""
+    import inspect
+
+    from torchvision.models import get_model_builder
+
+    try:
+        builder = get_model_builder(name)
+    except ValueError:
+        return False
+    return parameter in inspect.signature(builder).parameters
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    device: torch.device | str | None = None,
+    structural: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build the torchvision model ``name`` with the kit's offline defaults (see :func:`builder_kwargs`).
+
+    ``structural=True`` gives a model whose parameters live on the meta device: shapes, counts,
+    state_dict keys and meta-tensor forwards work; values do not exist. An explicit ``device``
+    asks for values: the build is real even inside a :func:`structural_init` (a structural run).
+    """
+    from torchvision.models import get_model
+
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    kwargs = builder_kwargs(name, **kwargs)
+    if structural:
+        with structural_init():
+            model: nn.Module = get_model(name, **kwargs)
+        return model
+    values = real_init() if device is not None else contextlib.nullcontext()
+    with torch.device(device if device is not None else "cpu"), values:
+        model = get_model(name, **kwargs)
+    return model
