@@ -60,8 +60,8 @@ import pytest, torch
 from conftest import NAMES, SETTINGS, given, st
 from torchvision.models import get_model, get_model_weights
 from pytest_zoo.building import builder_kwargs
-from pytest_zoo.heads import replace_head, head_parameter_names
-from pytest_zoo.freezing import freeze_backbone, count_parameters
+from pytest_zoo.models.heads import replace_head, head_parameter_names
+from pytest_zoo.models.freezing import freeze_backbone, count_parameters
 
 def build(name, **kw):
     offline = ("weights", "weights_backbone", "init_weights")
@@ -112,9 +112,9 @@ import pytest, torch
 from conftest import NAMES, SETTINGS, given, st
 from torchvision.models import get_model
 from pytest_zoo.building import builder_kwargs
-from pytest_zoo.checks import named_outputs
-from pytest_zoo.heads import replace_head, head_parameter_names
-from pytest_zoo.freezing import freeze_backbone
+from pytest_zoo.conformance.task_io import named_outputs
+from pytest_zoo.models.heads import replace_head, head_parameter_names
+from pytest_zoo.models.freezing import freeze_backbone
 
 SIZE = {"inception_v3": 299}
 

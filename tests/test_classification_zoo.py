@@ -17,8 +17,8 @@ from torchvision.models import list_models
 from pytest_zoo import head_parameter_names, replace_head
 from pytest_zoo.building import build_model
 from pytest_zoo.checks import class_dependent_parameters, named_outputs
-from pytest_zoo.families import FAMILIES, find_family
-from pytest_zoo.freezing import freeze_backbone
+from pytest_zoo.zoo.families import FAMILIES, find_family
+from pytest_zoo.models.freezing import freeze_backbone
 
 CLASSIFICATION = list_models(module=torchvision.models)
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import pytest_zoo.checks  # noqa: F401  (kept loaded: in-process pytester runs must see one ZooConformance)
-from pytest_zoo import heads, inference
+from pytest_zoo.models import heads, inference
 from pytest_zoo.building import build_model
 
 MODELS = '''
