@@ -59,7 +59,7 @@ NAIVE_SHAPES = '''
 import pytest, torch
 from conftest import NAMES, SETTINGS, given, st
 from torchvision.models import get_model, get_model_weights
-from pytest_zoo.building import builder_kwargs
+from pytest_zoo.models.building import builder_kwargs
 from pytest_zoo.models.heads import replace_head, head_parameter_names
 from pytest_zoo.models.freezing import freeze_backbone, count_parameters
 
@@ -111,7 +111,7 @@ NAIVE_COMPUTE = '''
 import pytest, torch
 from conftest import NAMES, SETTINGS, given, st
 from torchvision.models import get_model
-from pytest_zoo.building import builder_kwargs
+from pytest_zoo.models.building import builder_kwargs
 from pytest_zoo.conformance.task_io import named_outputs
 from pytest_zoo.models.heads import replace_head, head_parameter_names
 from pytest_zoo.models.freezing import freeze_backbone

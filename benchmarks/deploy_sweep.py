@@ -24,9 +24,9 @@ import torchvision
 
 from pytest_zoo.conformance import strategies
 from pytest_zoo.conformance import task_io as tasks
-from pytest_zoo.models import building
 from pytest_zoo.conformance.deployment import METHODS, Method, deployability
 from pytest_zoo.conformance.training import full_backward
+from pytest_zoo.models import building
 
 
 class _Timeout(Exception):

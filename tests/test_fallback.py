@@ -16,7 +16,7 @@ from torch import nn
 
 import pytest_zoo.checks  # noqa: F401  (kept loaded: in-process pytester runs must see one ZooConformance)
 from pytest_zoo.models import heads, inference
-from pytest_zoo.building import build_model
+from pytest_zoo.models.building import build_model
 
 MODELS = '''
 import torch

@@ -212,7 +212,10 @@ def test_no_module_is_referenced_by_a_name_string() -> None:
     found = []
     for path in MODULES.values():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if _MODULE_NAME.fullmatch(node.value):
-                    found.append(f"{_rel(path)}:{node.lineno}: {node.value!r}")
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and _MODULE_NAME.fullmatch(node.value)
+            ):
+                found.append(f"{_rel(path)}:{node.lineno}: {node.value!r}")
     assert found == []

@@ -225,7 +225,7 @@ CACHED_MODEL_TESTS = """
     import pytest, torch
     from torch import nn
     import pytest_zoo
-    from pytest_zoo.building import build_model
+    from pytest_zoo.models.building import build_model
 
     ZOO = pytest.mark.parametrize("zoo_model_name", ["resnet18"])
 

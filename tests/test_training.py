@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from pytest_zoo.conformance import task_io as tasks
-from pytest_zoo.models import building, freezing, heads
 from pytest_zoo.conformance.deployment import (
     DEPLOY_EXCEPTIONS,
     METHODS,
@@ -36,6 +35,7 @@ from pytest_zoo.conformance.training import (
     training_step,
     uninitialised_as_nan,
 )
+from pytest_zoo.models import building, freezing, heads
 
 CPU = torch.device("cpu")
 

@@ -1,6 +1,6 @@
 """Hypothesis strategies for the values a conformance check varies: classes, batches, input sizes.
 
-The strategies know each family's legal geometry (from :mod:`pytest_zoo.families`) and the one
+The strategies know each family's legal geometry (from :mod:`pytest_zoo.zoo.families`) and the one
 batch-size trap of train mode: BatchNorm cannot normalise a single value per channel, so a model
 with BatchNorm trains on batches of at least two. The strategy encodes that rule; no test has to
 skip a drawn example.

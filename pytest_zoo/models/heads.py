@@ -2,7 +2,7 @@
 
 Adapters are keyed by model class and looked up along the model's MRO, so a subclass (for example
 torchvision's ``QuantizableResNet``) inherits its parent's adapter unless it registers its own.
-The built-in adapters come from :data:`pytest_zoo.families.FAMILIES`; users add theirs with
+The built-in adapters come from :data:`pytest_zoo.zoo.families.FAMILIES`; users add theirs with
 :func:`register_adapter`.
 """
 

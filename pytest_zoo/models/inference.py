@@ -1,7 +1,7 @@
 """The fallback for a model class that no adapter knows: infer where its head is, and verify it.
 
 A torchvision upgrade can add an architecture before the family table has a row for it, and users
-check classes of their own. Rather than stop at :class:`~pytest_zoo.heads.NoAdapterError`, the
+check classes of their own. Rather than stop at :class:`~pytest_zoo.models.heads.NoAdapterError`, the
 kit infers the head the way a person reading the model would: the *last* replaceable layer
 (Linear, or Conv1d/2d/3d as in SqueezeNet) is the main head, its output size is the class count,
 and any other Linear layer with that output size that closes its own branch (GoogLeNet's

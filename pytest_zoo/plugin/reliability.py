@@ -7,7 +7,7 @@ test using the ``zoo_model`` fixture); every other test in the user's session is
 
 Around each zoo test, from the start of setup to the end of teardown:
 
-* :func:`~pytest_zoo.netguard.network_guard` is active, with a private ``TORCH_HOME``; a network
+* :func:`~pytest_zoo.guards.network.network_guard` is active, with a private ``TORCH_HOME``; a network
   attempt fails the test with the URL, even when the code under test swallowed the error;
 * the process-wide state is snapshotted before and restored after; a change other than the random
   generators fails the test's teardown with the list of what changed (see :mod:`.isolation`);

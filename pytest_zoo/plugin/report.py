@@ -69,7 +69,7 @@ def _reason(report: pytest.TestReport) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     message = getattr(crash, "message", None) or str(report.longrepr or "")
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    # "pytest_zoo.netguard.NetworkAccessError: ..." -> "NetworkAccessError: ...": room for the URL
+    # "pytest_zoo.guards.network.NetworkAccessError: ..." -> "NetworkAccessError: ...": room for the URL
     # and "Failed: <message>" (pytest.fail) -> "<message>"
     first = re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", lines[0]) if lines else ""
     return first.removeprefix("Failed: ")

@@ -1,6 +1,6 @@
 """Where and when zoo tests run: each model's tests back to back, on one xdist worker, memory freed after.
 
-The model cache (:mod:`pytest_zoo.cache`) builds a model once and keeps it only while its tests
+The model cache (:mod:`pytest_zoo.models.cache`) builds a model once and keeps it only while its tests
 run. That pays off only if a model's tests are adjacent, which pytest's default order (every model
 for the first check, then every model for the second) defeats, and only if pytest-xdist does not
 scatter them over workers, where each worker would build the model again. So this plugin:
@@ -16,7 +16,7 @@ scatter them over workers, where each worker would build the model again. So thi
 * orders the items so that a model's tests are consecutive, in their original relative order;
 * releases the cached models once the last test of a model has torn down, so the next model is
   built into freed memory: peak memory is that of the largest model, not the sum;
-* on ``--zoo-device=meta``, runs zoo tests under :func:`~pytest_zoo.building.structural_init`, so a
+* on ``--zoo-device=meta``, runs zoo tests under :func:`~pytest_zoo.models.building.structural_init`, so a
   head built by a user's ``replace_head`` hook lands on the meta device like the rest of the model;
 * reports the cache's work in the terminal summary, summed over xdist workers.
 

@@ -1,12 +1,12 @@
 """The facts of one model: everything a torchvision upgrade could change about it, as plain JSON.
 
 Most facts are *structural*: the model is built with every parameter on the meta device (see
-:func:`pytest_zoo.building.structural_init`), so shapes, counts, head layers and output shapes at a
+:func:`pytest_zoo.models.building.structural_init`), so shapes, counts, head layers and output shapes at a
 canonical input cost no weight memory. The one exception is the seeded fingerprint, which needs
 real values: with ``torch.manual_seed(SEED)`` the model is built for real and every state_dict
 tensor is summarised by its mean and standard deviation, plus the features that reach the head on
 a seeded input. Seeded initialisation was bit-identical between torchvision 0.28.0/torch 2.13.0 and
-0.29.1/torch 2.14.1, so the tolerances below only absorb float summation order (parameters, a
+0.29.1/torch 2.14.1, so the tolerances (:mod:`.diff`) only absorb float summation order (parameters, a
 float32 reduction) and kernel choice (features, a float32 forward); a changed initialiser (another
 distribution, gain or fan mode) moves a standard deviation by far more than either.
 
