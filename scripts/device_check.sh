@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device check: the shipped suite on --zoo-device=cuda for a handful of models across tasks, then
-# the value checks of pytest_zoo.training / pytest_zoo.deployment on the same device, autocast
+# the value checks of pytest_zoo.conformance.training / .deployment on the same device, autocast
 # float16 included. Everything it prints also lands in $OUT (or ./device-check-out).
 #
 #   scripts/device_check.sh                 # on the GPU machine: installs the kit (--no-deps), runs all
