@@ -1,7 +1,9 @@
 """Command-line options and ini keys, read and validated without importing torch.
 
 Every value is checked when pytest configures, so a typo is a usage error naming the option, the
-bad value and what is valid, before a single model is built.
+bad value and what is valid, before a single model is built. The result, with the selected
+models, is the session's :class:`ZooState` (``config.stash[STATE_KEY]``); it lives here, beside the
+options, so that every hook module reads it without importing the entry point.
 """
 
 from __future__ import annotations
@@ -325,6 +327,8 @@ def resolve_device(spec: str, source: str = "--zoo-device") -> str:
 
 @dataclass(eq=False)  # eq=False keeps it hashable, like everything the kit hands to pytest
 class ZooState:
+    """What configure decided, kept in the config's stash: every hook and fixture reads it there."""
+
     options: ZooOptions
     #: The selected torchvision builder names, sorted, or ``None`` when no zoo models were
     #: requested. Possibly empty: a pattern may name a model only a gate class lists, which is
