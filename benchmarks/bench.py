@@ -117,10 +117,10 @@ from pytest_zoo import count_parameters, freeze_backbone, replace_head
 # What a user knows about their models anyway: cheap offline builder arguments (weights=None, a
 # small ViT image_size), head paths, legal input sizes and class ranges. Taken from the kit only so
 # that both sides build the same models and draw the same examples (the kit's strategies, the seed).
-from pytest_zoo.building import builder_kwargs
-from pytest_zoo.families import find_family
-from pytest_zoo.strategies import input_spec
-from pytest_zoo.tasks import task_io
+from pytest_zoo.models.building import builder_kwargs
+from pytest_zoo.zoo.families import find_family
+from pytest_zoo.conformance.strategies import input_spec
+from pytest_zoo.conformance.task_io import task_io
 
 NAMES = os.environ["BENCH_MODELS"].split(",")
 ORACLE = os.environ.get("NAIVE_ORACLE", "formula")
@@ -290,7 +290,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from torchvision.models import get_model  # noqa: E402
 
 from pytest_zoo import freeze_backbone, replace_head  # noqa: E402
-from pytest_zoo import building, strategies, tasks  # noqa: E402
+from pytest_zoo.conformance import strategies  # noqa: E402
+from pytest_zoo.conformance import task_io as tasks  # noqa: E402
+from pytest_zoo.models import building  # noqa: E402
 
 NAMES = os.environ["BENCH_MODELS"].split(",")
 MODE = os.environ["FLOOR_MODE"]
@@ -605,8 +607,8 @@ def _subset(names: list[str], every: int) -> list[str]:
 
 BATCH_NORM = """
 import json, sys
-from pytest_zoo.building import build_model
-from pytest_zoo.strategies import min_train_batch
+from pytest_zoo.models.building import build_model
+from pytest_zoo.conformance.strategies import min_train_batch
 names = sys.argv[1].split(",")
 print(json.dumps([n for n in names if min_train_batch(build_model(n, structural=True)) > 1]))
 """
@@ -787,7 +789,7 @@ def section_import(work: Path) -> Report:
 PARAMS = """
 import json, sys
 from torchvision.models import get_model_weights
-from pytest_zoo.building import build_model
+from pytest_zoo.models.building import build_model
 counts = {}
 for name in sys.argv[1].split(","):
     try:

@@ -22,9 +22,11 @@ from typing import cast
 import torch
 import torchvision
 
-from pytest_zoo import building, strategies, tasks
-from pytest_zoo.deployment import METHODS, Method, deployability
-from pytest_zoo.training import full_backward
+from pytest_zoo.conformance import strategies
+from pytest_zoo.conformance import task_io as tasks
+from pytest_zoo.conformance.deployment import METHODS, Method, deployability
+from pytest_zoo.conformance.training import full_backward
+from pytest_zoo.models import building
 
 
 class _Timeout(Exception):

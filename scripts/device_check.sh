@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device check: the shipped suite on --zoo-device=cuda for a handful of models across tasks, then
-# the value checks of pytest_zoo.training / pytest_zoo.deployment on the same device, autocast
+# the value checks of pytest_zoo.conformance.training / .deployment on the same device, autocast
 # float16 included. Everything it prints also lands in $OUT (or ./device-check-out).
 #
 #   scripts/device_check.sh                 # on the GPU machine: installs the kit (--no-deps), runs all
@@ -75,11 +75,12 @@ say "value checks"
 "$PYTHON" - "$DEVICE" "$MODELS" "$OUT_DIR/value_checks.json" <<'EOF' 2>&1 | tee -a "$LOG" || RC=1
 import json, sys, time, traceback, warnings
 import torch
-from pytest_zoo import building, freezing, heads, tasks
-from pytest_zoo.families import find_family
-from pytest_zoo.deployment import batch_equivalence, channels_last_equivalence, deployability
-from pytest_zoo.deployment import precision_forward, state_dict_round_trip
-from pytest_zoo.training import finite_outputs, full_backward, nonfinite_state, training_step
+from pytest_zoo.conformance import task_io as tasks
+from pytest_zoo.models import building, freezing, heads
+from pytest_zoo.zoo.families import find_family
+from pytest_zoo.conformance.deployment import batch_equivalence, channels_last_equivalence, deployability
+from pytest_zoo.conformance.deployment import precision_forward, state_dict_round_trip
+from pytest_zoo.conformance.training import finite_outputs, full_backward, nonfinite_state, training_step
 
 warnings.simplefilter("ignore")
 device, names, path = torch.device(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]

@@ -16,7 +16,7 @@ from pytest_zoo import (
     replace_head,
     unregister_adapter,
 )
-from pytest_zoo.building import build_model
+from pytest_zoo.models.building import build_model
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +141,21 @@ def test_lazy_exports_cover_all_names() -> None:
         assert getattr(pytest_zoo, name) is not None
     with pytest.raises(AttributeError):
         pytest_zoo.does_not_exist  # noqa: B018
+
+
+def test_the_old_module_paths_still_import() -> None:
+    """The README's and users' paths from before the package tree: each is the moved module's API."""
+    from pytest_zoo.building import builder_kwargs
+    from pytest_zoo.checks import ConformanceFailure, ZooConformance
+    from pytest_zoo.deployment import DEPLOY_EXCEPTIONS
+
+    from pytest_zoo import snapshot, strategies, weights
+    from pytest_zoo.conformance import checks
+    from pytest_zoo.models.building import builder_kwargs as canonical
+    from pytest_zoo.netguard import NetworkAccessError, network_guard
+
+    assert builder_kwargs is canonical
+    assert (ZooConformance, ConformanceFailure) == (checks.ZooConformance, checks.ConformanceFailure)
+    assert DEPLOY_EXCEPTIONS and issubclass(NetworkAccessError, Exception) and callable(network_guard)
+    assert callable(strategies.num_classes) and callable(snapshot.format_changes)
+    assert weights.DECLARED_EXCEPTIONS is not None and callable(weights.resolve_weights_id)

@@ -15,10 +15,11 @@ from torch import nn
 from torchvision.models import list_models
 
 from pytest_zoo import head_parameter_names, replace_head
-from pytest_zoo.building import build_model
-from pytest_zoo.checks import class_dependent_parameters, named_outputs
-from pytest_zoo.families import FAMILIES, find_family
-from pytest_zoo.freezing import freeze_backbone
+from pytest_zoo.conformance.task_io import named_outputs
+from pytest_zoo.models.building import build_model
+from pytest_zoo.models.freezing import freeze_backbone
+from pytest_zoo.models.reference import class_dependent_parameters
+from pytest_zoo.zoo.families import FAMILIES, find_family
 
 CLASSIFICATION = list_models(module=torchvision.models)
 

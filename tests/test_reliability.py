@@ -12,14 +12,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import pytest_zoo.checks  # keeps one adapter registry across in-process pytester runs
 import torch  # imported here so that in-process pytester runs never re-import it
 import torchvision
 from torchvision.models import ResNet18_Weights
 from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
 
 import pytest_zoo
-import pytest_zoo.checks  # keeps one adapter registry across in-process pytester runs
-from pytest_zoo.netguard import NetworkAccessError, network_guard
+from pytest_zoo.guards.network import NetworkAccessError, network_guard
 
 RESNET18_URL = ResNet18_Weights.IMAGENET1K_V1.url
 
@@ -225,7 +225,7 @@ CACHED_MODEL_TESTS = """
     import pytest, torch
     from torch import nn
     import pytest_zoo
-    from pytest_zoo.building import build_model
+    from pytest_zoo.models.building import build_model
 
     ZOO = pytest.mark.parametrize("zoo_model_name", ["resnet18"])
 
@@ -407,7 +407,7 @@ def test_a_broken_model_fails_or_skips_only_its_own_tests_and_the_summary_lists_
 
 
 def test_out_of_memory_errors_are_recognised_on_every_device() -> None:
-    from pytest_zoo.isolation import classify, is_out_of_memory
+    from pytest_zoo.guards.state import classify, is_out_of_memory
 
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(RuntimeError("[enforce fail] DefaultCPUAllocator: can't allocate memory"))

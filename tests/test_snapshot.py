@@ -388,3 +388,12 @@ def test_tolerance_is_relative_to_the_pair_and_nan_matches_only_nan() -> None:
     assert PARAM_TOLERANCE.close([math.nan, 1.0], [math.nan, 1.0])
     assert not PARAM_TOLERANCE.close([math.nan, 1.0], [math.nan, 2.0])
     assert not PARAM_TOLERANCE.close([math.nan, 1.0], [0.0, 1.0])
+
+
+def test_a_file_recorded_with_the_old_task_word_loads_in_the_current_one(tmp_path: Path) -> None:
+    """Snapshots written before the one task vocabulary say "quantization"; that is no change."""
+    path = tmp_path / "zoo.json"
+    write_snapshot(path, Snapshot({}, {"quantized_resnet18": {"task": "quantization", "x": 1}}))
+    loaded = load_snapshot(path).models["quantized_resnet18"]
+    assert loaded == {"task": "quantized", "x": 1}
+    assert diff_facts(loaded, {"task": "quantized", "x": 1}) == []

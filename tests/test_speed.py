@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_zoo import building, freezing, heads
-from pytest_zoo.cache import HeadOracle, ModelCache, ModelState
-from pytest_zoo.scheduling import describe_stats
+from pytest_zoo.models import building, freezing, heads
+from pytest_zoo.models.cache import HeadOracle, ModelCache, ModelState
+from pytest_zoo.models.stats import describe_stats
 
 
 def _state(model: nn.Module) -> dict[str, object]:

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 from torchvision.models import get_model, list_models
 
-from pytest_zoo import heads, tasks
-from pytest_zoo.building import build_model, builder_kwargs
-from pytest_zoo.families import FAMILIES, TASKS, find_family, task_of
-from pytest_zoo.netguard import NetworkAccessError, network_guard
+from pytest_zoo.conformance import task_io as tasks
+from pytest_zoo.guards.network import NetworkAccessError, network_guard
+from pytest_zoo.models import heads
+from pytest_zoo.models.building import build_model, builder_kwargs
+from pytest_zoo.zoo.families import FAMILIES, TASKS, find_family, task_of
 
 ALL = list_models()
 

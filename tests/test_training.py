@@ -1,4 +1,4 @@
-"""Unit tests of the value-check bodies (pytest_zoo.training, pytest_zoo.deployment) on real models.
+"""Unit tests of the value-check bodies (pytest_zoo.conformance.training, .deployment) on real models.
 
 Each check has a correct user implementation that passes and the broken ones issue 12 names, which
 must fail with a precise problem. Small models, small inputs: the file runs in about a minute.
@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from pytest_zoo import building, freezing, heads, tasks
-from pytest_zoo.deployment import (
+from pytest_zoo.conformance import task_io as tasks
+from pytest_zoo.conformance.deployment import (
     DEPLOY_EXCEPTIONS,
     METHODS,
     batch_equivalence,
@@ -24,7 +24,7 @@ from pytest_zoo.deployment import (
     precision_forward,
     state_dict_round_trip,
 )
-from pytest_zoo.training import (
+from pytest_zoo.conformance.training import (
     CheckReport,
     Inputs,
     declared_without_grad,
@@ -35,6 +35,7 @@ from pytest_zoo.training import (
     training_step,
     uninitialised_as_nan,
 )
+from pytest_zoo.models import building, freezing, heads
 
 CPU = torch.device("cpu")
 

@@ -15,7 +15,7 @@ import torch
 from torchvision.models import list_models
 
 from pytest_zoo import weights as W
-from pytest_zoo.netguard import NetworkAccessError
+from pytest_zoo.guards.network import NetworkAccessError
 
 pytest_plugins = ["pytester"]
 

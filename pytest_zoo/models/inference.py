@@ -1,7 +1,7 @@
 """The fallback for a model class that no adapter knows: infer where its head is, and verify it.
 
 A torchvision upgrade can add an architecture before the family table has a row for it, and users
-check classes of their own. Rather than stop at :class:`~pytest_zoo.heads.NoAdapterError`, the
+check classes of their own. Rather than stop at :class:`~pytest_zoo.models.heads.NoAdapterError`, the
 kit infers the head the way a person reading the model would: the *last* replaceable layer
 (Linear, or Conv1d/2d/3d as in SqueezeNet) is the main head, its output size is the class count,
 and any other Linear layer with that output size that closes its own branch (GoogLeNet's
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .heads import HeadAdapter, NoAdapterError, find_adapter, register_adapter
+from .heads import HeadAdapter, NoAdapterError, find_adapter, layer_outputs, register_adapter
 from .reference import class_dependent_parameters
 
 __all__ = [
@@ -80,10 +80,6 @@ def _class_name(model: nn.Module) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _outputs(layer: nn.Module) -> int:
-    return int(getattr(layer, "out_features", getattr(layer, "out_channels", 0)))
-
-
 def infer_head(model: nn.Module) -> InferredHead:
     """Infer the class head of ``model`` from its layers alone (no forward pass, works on meta).
 
@@ -100,7 +96,7 @@ def infer_head(model: nn.Module) -> InferredHead:
             "it with pytest_zoo.register_adapter(cls, heads=[...], layer_factory=...)."
         )
     head_path, head = layers[-1]
-    classes = _outputs(head)
+    classes = layer_outputs(head)
     # The last candidate of each top-level branch: an aux classifier closes its own branch.
     last_in_branch: dict[str, str] = {}
     for path, _ in layers:
@@ -110,7 +106,7 @@ def infer_head(model: nn.Module) -> InferredHead:
         for path, module in layers
         if path != head_path
         and isinstance(module, nn.Linear)
-        and _outputs(module) == classes
+        and layer_outputs(module) == classes
         and last_in_branch[path.split(".")[0]] == path
         and path.split(".")[0] != head_path.split(".")[0]
     )

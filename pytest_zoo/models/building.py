@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .families import find_family
+from ..zoo.families import find_family
 
 __all__ = [
     "accepts",

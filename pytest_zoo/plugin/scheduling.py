@@ -1,6 +1,6 @@
 """Where and when zoo tests run: each model's tests back to back, on one xdist worker, memory freed after.
 
-The model cache (:mod:`pytest_zoo.cache`) builds a model once and keeps it only while its tests
+The model cache (:mod:`pytest_zoo.models.cache`) builds a model once and keeps it only while its tests
 run. That pays off only if a model's tests are adjacent, which pytest's default order (every model
 for the first check, then every model for the second) defeats, and only if pytest-xdist does not
 scatter them over workers, where each worker would build the model again. So this plugin:
@@ -16,7 +16,7 @@ scatter them over workers, where each worker would build the model again. So thi
 * orders the items so that a model's tests are consecutive, in their original relative order;
 * releases the cached models once the last test of a model has torn down, so the next model is
   built into freed memory: peak memory is that of the largest model, not the sum;
-* on ``--zoo-device=meta``, runs zoo tests under :func:`~pytest_zoo.building.structural_init`, so a
+* on ``--zoo-device=meta``, runs zoo tests under :func:`~pytest_zoo.models.building.structural_init`, so a
   head built by a user's ``replace_head`` hook lands on the meta device like the rest of the model;
 * reports the cache's work in the terminal summary, summed over xdist workers.
 
@@ -34,10 +34,14 @@ import sys
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
+from .. import models
+from ..atomic import write_text_atomically
+from ..models.stats import describe_stats
 from .reliability import zoo_model_of
 
 __all__ = [
@@ -49,7 +53,6 @@ __all__ = [
     "worker_usage_error",
 ]
 
-_CACHE_MODULE = "pytest_zoo.cache"
 USAGE_ERROR_FILE = "usage-error.txt"
 
 
@@ -104,8 +107,19 @@ def require_values(device: object, what: str) -> None:
         )
 
 
+def _loaded_cache() -> ModuleType | None:
+    """The model-cache module if this process imported it; ``None`` (and no torch import) if not.
+
+    A process that ran no zoo test never imported it, and importing it here would import torch in
+    every pytest run of every project that installed the kit. A loaded submodule is an attribute
+    of its package, which is how this asks without naming the module in a string.
+    """
+    cache: ModuleType | None = getattr(models, "cache", None)
+    return cache
+
+
 def _release_models() -> None:
-    cache = sys.modules.get(_CACHE_MODULE)
+    cache = _loaded_cache()
     if cache is not None:  # no zoo test ran in this process if the cache was never imported
         cache.active_cache().release()
 
@@ -174,15 +188,13 @@ class ZooScheduling:
         if workerinput is not None and self.groups_dir is not None:
             groups = {item.nodeid: model for item in items if (model := zoo_model_of(item)) is not None}
             target = self.groups_dir / f"{workerinput['workerid']}.json"
-            partial = target.with_suffix(".partial")
-            partial.write_text(json.dumps(groups), encoding="utf-8")
-            os.replace(partial, target)  # the controller never reads half a file
+            write_text_atomically(target, json.dumps(groups))  # the controller never reads half a file
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
         if not (self.structural and zoo_model_of(item) is not None):
             return (yield)
-        from .building import meta_fast_paths, structural_init
+        from ..models.building import meta_fast_paths, structural_init
 
         try:
             with structural_init(cpu_default=False), meta_fast_paths():
@@ -203,7 +215,7 @@ class ZooScheduling:
             _release_models()
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
-        cache = sys.modules.get(_CACHE_MODULE)
+        cache = _loaded_cache()
         if cache is not None:  # a session in the same process before this one (pytester, IDEs)
             cache.reset_active_cache()
 
@@ -228,7 +240,7 @@ class ZooScheduling:
                 self.worker_stats[key] = self.worker_stats.get(key, 0) + int(value)
 
     def _local_stats(self) -> dict[str, int]:
-        cache = sys.modules.get(_CACHE_MODULE)
+        cache = _loaded_cache()
         if cache is None:
             return {}
         stats = dataclasses.asdict(cache.active_cache().stats)
@@ -240,15 +252,6 @@ class ZooScheduling:
             return
         where = f" (summed over {self.workers} xdist workers)" if self.workers else ""
         terminalreporter.write_line(f"pytest-zoo cache: {describe_stats(stats)}{where}")
-
-
-def describe_stats(stats: dict[str, int]) -> str:
-    """One line from :class:`pytest_zoo.cache.CacheStats` fields, without importing torch."""
-    get = stats.get
-    return (
-        f"{get('builds', 0)} model build(s), {get('hits', 0)} reuse(s), {get('restores', 0)} restore(s), "
-        f"{get('rebuilds', 0)} rebuild(s) after in-place changes, {get('oracle_builds', 0)} oracle build(s)"
-    )
 
 
 def make_scheduler(config: pytest.Config, log: Any, groups_dir: Path) -> Any:

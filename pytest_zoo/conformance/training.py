@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .cache import fingerprint
+from ..models.cache import fingerprint
 
 __all__ = [
     "CheckReport",

@@ -2,7 +2,7 @@
 
 Adapters are keyed by model class and looked up along the model's MRO, so a subclass (for example
 torchvision's ``QuantizableResNet``) inherits its parent's adapter unless it registers its own.
-The built-in adapters come from :data:`pytest_zoo.families.FAMILIES`; users add theirs with
+The built-in adapters come from :data:`pytest_zoo.zoo.families.FAMILIES`; users add theirs with
 :func:`register_adapter`.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .families import FAMILIES
+from ..zoo.families import FAMILIES
 
 __all__ = [
     "HeadAdapter",
@@ -24,6 +24,7 @@ __all__ = [
     "get_adapter",
     "head_modules",
     "head_parameter_names",
+    "layer_outputs",
     "register_adapter",
     "replace_head",
     "replace_layer",
@@ -211,6 +212,15 @@ def head_parameter_names(model: nn.Module) -> list[str]:
 
 
 _REPLACEABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def layer_outputs(layer: nn.Module) -> int:
+    """A head layer's output count: a Linear's ``out_features``, a Conv's ``out_channels``, else 0.
+
+    For a head with ``k`` outputs per class (see :meth:`HeadAdapter.multiple`) that is ``k`` times
+    the class count.
+    """
+    return int(getattr(layer, "out_features", getattr(layer, "out_channels", 0)))
 
 
 def replace_layer(old: nn.Module, num_outputs: int) -> nn.Module:

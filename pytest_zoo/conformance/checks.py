@@ -32,12 +32,10 @@ import torch
 from hypothesis import example, given, settings
 from torch import nn
 
-from . import building, deployment, freezing, heads, inference, strategies, tasks, training
-from .cache import active_cache, return_freed_memory
-from .failures import FailureContext, exception_defects, hook_origin, parameter_groups, render, shape_defects
-from .families import InputSpec, find_family
-from .freezing import NORM_TYPES, NormPolicy
-from .reference import (
+from ..models import building, freezing, heads, inference
+from ..models.cache import active_cache, return_freed_memory
+from ..models.freezing import NORM_TYPES, NormPolicy
+from ..models.reference import (
     PROBE,
     HeadOracle,
     Shapes,
@@ -51,8 +49,12 @@ from .reference import (
     tensor_names,
     trace_swap,
 )
+from ..zoo.families import InputSpec, find_family
+from . import converted, deployment, strategies, training
+from . import task_io as tasks
+from .failures import FailureContext, exception_defects, hook_origin, parameter_groups, render, shape_defects
 from .strategies import num_classes
-from .tasks import named_outputs
+from .task_io import named_outputs
 
 __all__ = [
     "ConformanceFailure",
@@ -548,7 +550,7 @@ class ZooConformance:
         # The kit built the converted model itself, with its own defaults: so is its reference.
         oracle = _builder_oracle(name, {})
         expected = {k: v for k, v in oracle.shapes(n).items() if k in oracle.head_names}
-        side = max(tasks.CONVERTED_MIN_SIZE, *example.size)
+        side = max(converted.CONVERTED_MIN_SIZE, *example.size)
         example = tasks.Example(min(example.batch, 2), (side, side), None, example.seed)
         steps = [
             f"model = t.replace_head(pytest_zoo.build_model({name!r}, quantize=True), {n}).eval()",
@@ -556,7 +558,9 @@ class ZooConformance:
         ]
         context = self._context(name, "replace_head", n=n, shape=example.shape, mode="eval", steps=steps)
         with self._raises_as_failure(context, "the converted (quantize=True) model"):
-            head, output = tasks.converted_quantized_problems(model, n, example, expected, self.replace_head)
+            head, output = converted.converted_quantized_problems(
+                model, n, example, expected, self.replace_head
+            )
         for report, problem in (
             (head, "the converted model's head does not match the float builder's head for num_classes"),
             (output, "the converted model's output does not have num_classes scores per example"),
@@ -1304,5 +1308,5 @@ def _class_count(model: nn.Module) -> int | None:
         return None
     path = adapter.heads[0]
     head = model.get_submodule(path)
-    outputs = int(getattr(head, "out_features", getattr(head, "out_channels", 0)))
+    outputs = heads.layer_outputs(head)
     return outputs // adapter.multiple(path) or None

@@ -12,7 +12,7 @@ import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Patterns", "SelectionError", "parse_patterns", "require_matches", "select_models"]
+__all__ = ["Patterns", "SelectionError", "matching", "parse_patterns", "require_matches", "select_models"]
 
 
 class SelectionError(ValueError):
@@ -55,6 +55,17 @@ def parse_patterns(
     return Patterns(tuple(inc), tuple(exc))
 
 
+def matching(names: Iterable[str], patterns: Patterns) -> list[str]:
+    """The names ``patterns`` select, sorted: matched by an include (any name, when there is none)
+    and by no exclude. The one place a pattern is applied, with torchvision's ``fnmatch``."""
+    return sorted(
+        name
+        for name in names
+        if (not patterns.include or any(fnmatch.fnmatch(name, p) for p in patterns.include))
+        and not any(fnmatch.fnmatch(name, p) for p in patterns.exclude)
+    )
+
+
 def _suggest(pattern: str, names: Sequence[str]) -> str:
     stem = pattern.replace("*", "").replace("?", "").replace("[", "").replace("]", "")
     close = difflib.get_close_matches(stem, names, n=5, cutoff=0.5)
@@ -82,21 +93,13 @@ def select_models(
                 f"{_suggest(pattern, names)} List them with: "
                 "python -c 'import torchvision; print(torchvision.models.list_models())'"
             )
-    if available is None:
-        selected = list_models(include=list(patterns.include) or None, exclude=list(patterns.exclude) or None)
-    else:
-        selected = sorted(
-            n
-            for n in names
-            if (not patterns.include or any(fnmatch.fnmatch(n, p) for p in patterns.include))
-            and not any(fnmatch.fnmatch(n, p) for p in patterns.exclude)
-        )
+    selected = matching(names, patterns)
     if not selected and strict:
         raise SelectionError(
             f"the zoo model patterns include={list(patterns.include)} exclude={list(patterns.exclude)} "
             "select no model: every match was excluded."
         )
-    return list(selected)
+    return selected
 
 
 def require_matches(patterns: Patterns, known: Sequence[str], *, where: str) -> None:
@@ -113,12 +116,7 @@ def require_matches(patterns: Patterns, known: Sequence[str], *, where: str) -> 
                 f"zoo model pattern {pattern!r} matches none of the {len(names)} model(s) this session "
                 f"can select: {where}.{_suggest(pattern, names)}"
             )
-    if patterns.include and not [
-        n
-        for n in names
-        if any(fnmatch.fnmatch(n, p) for p in patterns.include)
-        and not any(fnmatch.fnmatch(n, p) for p in patterns.exclude)
-    ]:
+    if patterns.include and not matching(names, patterns):
         raise SelectionError(
             f"the zoo model patterns include={list(patterns.include)} exclude={list(patterns.exclude)} "
             f"select no model of {where}: every match was excluded."

@@ -139,7 +139,7 @@ class CacheStats:
     oracle_builds: int = 0
 
     def __str__(self) -> str:
-        from .scheduling import describe_stats
+        from .stats import describe_stats
 
         return describe_stats(dataclasses.asdict(self))
 

@@ -1,7 +1,9 @@
 """Command-line options and ini keys, read and validated without importing torch.
 
 Every value is checked when pytest configures, so a typo is a usage error naming the option, the
-bad value and what is valid, before a single model is built.
+bad value and what is valid, before a single model is built. The result, with the selected
+models, is the session's :class:`ZooState` (``config.stash[STATE_KEY]``); it lives here, beside the
+options, so that every hook module reads it without importing the entry point.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from .families import TASKS
-from .selection import Patterns, SelectionError, parse_patterns
+from ..zoo.families import TASKS
+from ..zoo.selection import Patterns, SelectionError, parse_patterns
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -321,3 +323,17 @@ def resolve_device(spec: str, source: str = "--zoo-device") -> str:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise pytest.UsageError(f"{source}={spec}: MPS is not available. Use --zoo-device=cpu or auto.")
     return spec
+
+
+@dataclass(eq=False)  # eq=False keeps it hashable, like everything the kit hands to pytest
+class ZooState:
+    """What configure decided, kept in the config's stash: every hook and fixture reads it there."""
+
+    options: ZooOptions
+    #: The selected torchvision builder names, sorted, or ``None`` when no zoo models were
+    #: requested. Possibly empty: a pattern may name a model only a gate class lists, which is
+    #: known after collection (see ``pytest_collection_modifyitems``).
+    selected: list[str] | None
+
+
+STATE_KEY = pytest.StashKey[ZooState]()

@@ -5,8 +5,8 @@ builders and the kit's own adapters under every check. The plugin collects it di
 whatever the user's ``python_files``/``python_classes`` settings are.
 """
 
-from pytest_zoo.checks import ZooConformance
-from pytest_zoo.weights import WeightsConformance
+from ..conformance.checks import ZooConformance
+from ..weights import WeightsConformance
 
 
 class TestZoo(ZooConformance):

@@ -12,16 +12,14 @@ once, at the end of the session.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from .netguard import network_guard
-from .options import SnapshotOptions
-from .snapshot import (
+from ..guards.network import network_guard
+from ..snapshot import (
     Facts,
     Snapshot,
     SnapshotFileError,
@@ -34,6 +32,8 @@ from .snapshot import (
     merge_snapshot,
     write_snapshot,
 )
+from ..zoo.selection import matching
+from .options import STATE_KEY, SnapshotOptions
 
 __all__ = ["SnapshotItem", "SnapshotMismatch", "SnapshotPlugin", "register"]
 
@@ -146,17 +146,11 @@ class SnapshotPlugin:
         """
         from torchvision.models import list_models
 
-        from .plugin import STATE_KEY
-
         state = self.config.stash[STATE_KEY]
         available = set(list_models())
         names = set(state.selected) if state.selected is not None else set(available)
         recorded = set(self.snapshot.models) if self.snapshot is not None else set()
-        patterns = state.options.patterns
-        for name in recorded - available:
-            included = not patterns.include or any(fnmatch.fnmatchcase(name, p) for p in patterns.include)
-            if included and not any(fnmatch.fnmatchcase(name, p) for p in patterns.exclude):
-                names.add(name)
+        names.update(matching(recorded - available, state.options.patterns))
         return sorted(names), available
 
     @pytest.hookimpl(tryfirst=True)

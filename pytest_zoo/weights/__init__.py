@@ -28,13 +28,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
+from unittest import mock
 
 import torch
 from torch import nn
 
-from .building import poisoned_init, structural_init
-from .cache import active_cache
-from .reference import PROBE, probe, state_shapes
+from ..models.building import poisoned_init, structural_init
+from ..models.cache import active_cache
+from ..models.reference import PROBE, probe, state_shapes
+from ..zoo.families import task_of
 
 if TYPE_CHECKING:
     from hypothesis import settings
@@ -103,7 +105,7 @@ _IMAGENET = {"ImageNet-1K": ("acc@1", "acc@5")}
 #: Per task: the meta keys that must be present, and the ``_metrics`` dataset -> metric keys.
 TASK_FIELDS: Mapping[str, tuple[frozenset[str], Mapping[str, tuple[str, ...]]]] = {
     "classification": (_COMMON_FIELDS | {"categories"}, _IMAGENET),
-    "quantization": (_COMMON_FIELDS | {"categories", "backend", "unquantized"}, _IMAGENET),
+    "quantized": (_COMMON_FIELDS | {"categories", "backend", "unquantized"}, _IMAGENET),
     "detection": (_COMMON_FIELDS | {"categories"}, {"COCO-val2017": ("box_map",)}),
     "segmentation": (
         _COMMON_FIELDS | {"categories"},
@@ -181,12 +183,6 @@ def declared_exception(weights: Any, check: str) -> DeclaredException | None:
 # -- enumeration ----------------------------------------------------------------------------------
 
 
-def _task(builder: Callable[..., Any]) -> str:
-    """The task a builder belongs to, from torchvision's own package layout (as its tests do)."""
-    parts = builder.__module__.split(".")
-    return parts[2] if len(parts) > 3 and parts[1] == "models" else "classification"
-
-
 @dataclass(frozen=True)
 class WeightsCase:
     """One (builder, weights enum member) pair: the unit every metadata check runs on."""
@@ -217,7 +213,7 @@ class WeightsCase:
 
     @property
     def task(self) -> str:
-        return _task(self.builder)
+        return task_of(self.model)
 
     def mismatch(self, field: str, expected: object, found: object, hint: str = "") -> MetadataMismatch:
         """The error for one wrong field: model, weights, field, expected and found, and a way out."""
@@ -337,7 +333,7 @@ _PROBES: dict[str, dict[int, dict[str, tuple[int, ...]]]] = {}
 
 def _probe_shapes(case: WeightsCase) -> dict[int, dict[str, tuple[int, ...]]]:
     """State shapes of ``builder(weights=None, num_classes=n)`` at the two probe class counts."""
-    from .building import builder_kwargs
+    from ..models.building import builder_kwargs
 
     if case.model not in _PROBES:
 
@@ -451,7 +447,7 @@ def fabricate_checkpoint(case: WeightsCase, torch_home: Path, **kwargs: Any) -> 
     written atomically: a failed save leaves no half-written checkpoint that a later run would try
     to load.
     """
-    quantized = case.task == "quantization"
+    quantized = case.task == "quantized"
     with contextlib.nullcontext() if quantized else poisoned_init():
         built = build_with_weights(case, structural=False, **kwargs)
     state = built.checkpoint
@@ -491,7 +487,7 @@ def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[n
     The checkpoint is memory-mapped, so the model and the file's pages are the only model-sized
     memory: no read copy of the file sits beside them.
     """
-    from .netguard import network_guard, patched
+    from ..guards.network import network_guard
 
     expected = checkpoint_path(case.weights, torch_home)
     read: list[tuple[str, object]] = []
@@ -504,7 +500,11 @@ def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[n
         read.append((os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f), loaded))
         return loaded
 
-    with network_guard(torch_home=torch_home) as guard, patched(torch, "load", load), poisoned_init():
+    with (
+        network_guard(torch_home=torch_home) as guard,
+        mock.patch.object(torch, "load", load),
+        poisoned_init(),
+    ):
         model = case.builder(weights=case.weights, **kwargs)
     if guard.attempts:
         raise MetadataMismatch(f"{case.label}: loading tried the network: {guard.attempts}")
@@ -538,7 +538,7 @@ def float_case(case: WeightsCase) -> tuple[WeightsCase, dict[str, Any]]:
     a quantized model's parameters are packed and its FLOPs are not what was published. The same
     quantizable builder is called with the unquantized weights and ``quantize=False``.
     """
-    if case.task == "quantization":
+    if case.task == "quantized":
         return WeightsCase(case.model, case.meta["unquantized"]), {"quantize": False}
     return case, {}
 
@@ -636,7 +636,7 @@ def check_num_params(case: WeightsCase) -> None:
         raise case.mismatch(
             "num_params",
             f"{count:,} (parameters of {case.model}(weights={case.weights!r}), built on the meta device"
-            + (", as the float model it quantizes)" if case.task == "quantization" else ")"),
+            + (", as the float model it quantizes)" if case.task == "quantized" else ")"),
             f"{declared:,}" if isinstance(declared, int) else repr(declared),
             hint,
         )
@@ -715,13 +715,13 @@ def check_file_size(case: WeightsCase) -> None:
     tensors = built(case).checkpoint.values()
     size = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) / 2**20
     low, high = size, size * (1 + FILE_SIZE_TOLERANCE) + 0.1
-    if case.task == "quantization":
+    if case.task == "quantized":
         low = sum(p.numel() for p in built(case).model.parameters()) / 2**20
     if not low <= declared <= high:
         raise case.mismatch(
             "_file_size",
             f"{low:.3f}..{high:.3f} MiB (the {len(built(case).checkpoint)} tensors the builder loads, "
-            + ("int8..float32" if case.task == "quantization" else "float32")
+            + ("int8..float32" if case.task == "quantized" else "float32")
             + ", plus pickling)",
             declared,
         )
@@ -887,9 +887,9 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
     are loaded with ``quantize=True`` (their only valid use); a quantized model has no trainable
     parameters, so for them the check ends with the load and an eval forward at the crop size.
     """
-    from . import freezing, heads
+    from ..models import freezing, heads
 
-    kwargs: dict[str, Any] = {"quantize": True} if case.task == "quantization" else {}
+    kwargs: dict[str, Any] = {"quantize": True} if case.task == "quantized" else {}
     # The session's cached build of this model is a third model-sized allocation beside the loaded
     # model and the checkpoint's pages; the plugin runs a model's weights checks after its
     # ZooConformance checks, so nothing is rebuilt for dropping it.
@@ -908,14 +908,14 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
     ]
     # Quantized builders may convert after loading (MobileNetV3 loads QAT weights, then converts),
     # so for them only the tensors that survived unchanged in name are compared.
-    unexpected = sorted(set(loaded) - set(fabricated)) if case.task != "quantization" else []
+    unexpected = sorted(set(loaded) - set(fabricated)) if case.task != "quantized" else []
     if differing or unexpected:
         raise MetadataMismatch(
             f"{case.label}: the loaded model does not hold the fabricated checkpoint "
             f"{checkpoint_path(case.weights, torch_home)}: differing {differing[:5]}, "
             f"not in the checkpoint {unexpected[:5]}"
         )
-    if case.task == "quantization":
+    if case.task == "quantized":
         with torch.no_grad():
             out = model.eval()(torch.rand(reference_inputs(case)[0].shape))
         if tuple(out.shape) != (1, len(case.meta["categories"])):
@@ -936,7 +936,7 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
         )
     # Partial weights can leave NaN layers that a swap of the last one does not replace (VGG16's
     # IMAGENET1K_FEATURES ships a NaN classifier): the fine-tuned model must hold finite values.
-    from .training import nonfinite_state
+    from ..conformance.training import nonfinite_state
 
     finite = nonfinite_state(model)
     if not finite.ok:

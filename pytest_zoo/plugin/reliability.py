@@ -7,7 +7,7 @@ test using the ``zoo_model`` fixture); every other test in the user's session is
 
 Around each zoo test, from the start of setup to the end of teardown:
 
-* :func:`~pytest_zoo.netguard.network_guard` is active, with a private ``TORCH_HOME``; a network
+* :func:`~pytest_zoo.guards.network.network_guard` is active, with a private ``TORCH_HOME``; a network
   attempt fails the test with the URL, even when the code under test swallowed the error;
 * the process-wide state is snapshotted before and restored after; a change other than the random
   generators fails the test's teardown with the list of what changed (see :mod:`.isolation`);
@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .isolation import StateSnapshot, capture, classify
+from ..guards.state import StateSnapshot, capture, classify
 from .report import collect_outcomes, model_properties, render_summary
 
 if TYPE_CHECKING:
-    from .netguard import NetworkGuard
+    from ..guards.network import NetworkGuard
 
 __all__ = ["ZooReliability", "zoo_model_of"]
 
@@ -170,7 +170,7 @@ class ZooReliability:
             for prop in model_properties(model):
                 if prop not in item.user_properties:
                     item.user_properties.append(prop)
-            from .netguard import network_guard  # urllib.request & co.: only in runs with zoo tests
+            from ..guards.network import network_guard  # urllib.request & co.: only in runs with zoo tests
 
             snapshot = capture()
             stack = contextlib.ExitStack()

@@ -33,7 +33,7 @@ def hook_origin(obj: object, hook: str) -> str:
     for cls in type(obj).__mro__:
         if hook in vars(cls):
             function = inspect.unwrap(vars(cls)[hook])
-            if cls.__module__ == "pytest_zoo.checks":
+            if cls.__module__.partition(".")[0] == __name__.partition(".")[0]:  # one of the kit's classes
                 return f"{cls.__qualname__}.{hook} (pytest-zoo's default)"
             try:
                 path = os.path.relpath(inspect.getsourcefile(function) or "?")

@@ -7,17 +7,17 @@ feature is actually used (``--zoo-models``, a ``zoo_*`` fixture, a ``ZooConforma
 
 from __future__ import annotations
 
-import fnmatch
-import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from ..zoo.selection import SelectionError, select_models
+from .collection import gate_classes, is_conformance_class, models_for, require_known, select_tasks
 from .options import (
-    ZooOptions,
+    STATE_KEY,
+    ZooState,
     add_options,
     check_conflicts,
     read_options,
@@ -25,30 +25,16 @@ from .options import (
     read_snapshot_options,
     resolve_device,
 )
-from .selection import SelectionError, parse_patterns, require_matches, select_models
 
 if TYPE_CHECKING:
     import torch
     from hypothesis import settings
     from torch import nn
 
-    from .strategies import ModelStrategies
+    from ..conformance.strategies import ModelStrategies
 
 SUITE_PATH = Path(__file__).with_name("suite.py")
 SUITE_NODEID = "pytest-zoo"
-_GLOB = re.compile(r"[*?\[]")
-
-
-@dataclass(eq=False)  # eq=False keeps it hashable, like everything the kit hands to pytest
-class ZooState:
-    options: ZooOptions
-    #: The selected torchvision builder names, sorted, or ``None`` when no zoo models were
-    #: requested. Possibly empty: a pattern may name a model only a gate class lists, which is
-    #: known after collection (see ``pytest_collection_modifyitems``).
-    selected: list[str] | None
-
-
-STATE_KEY = pytest.StashKey[ZooState]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,7 +52,7 @@ def pytest_configure(config: pytest.Config) -> None:
         except SelectionError as exc:
             raise pytest.UsageError(str(exc)) from None
         if options.tasks and selected:
-            selected = _select_tasks(selected, options.tasks)
+            selected = select_tasks(selected, options.tasks)
     config.stash[STATE_KEY] = ZooState(options=options, selected=selected)
     check_conflicts(config, options)
     # A device this machine lacks is a usage error now, not a fixture error in every test later;
@@ -83,7 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(ZooScheduling(config, structural=device == "meta"), "pytest-zoo-scheduling")
     snapshot = read_snapshot_options(config)
     if snapshot is not None:  # the snapshot hooks exist only in runs that asked for a snapshot
-        from .snapshot_plugin import register
+        from .snapshots import register
 
         register(config, snapshot)
     report = read_report_path(config)
@@ -93,20 +79,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ZooReport(config, report), "pytest-zoo-report")
 
 
-def _select_tasks(names: list[str], tasks: tuple[str, ...]) -> list[str]:
-    """The models among ``names`` whose family row has one of ``tasks``; none left is a usage error."""
-    from .families import task_of
-
-    kept = [name for name in names if task_of(name) in tasks]
-    if not kept:
-        found = sorted({task_of(name) for name in names})
-        raise pytest.UsageError(
-            f"--zoo-tasks={','.join(tasks)} leaves no model: the {len(names)} model(s) selected by the "
-            f"patterns are of task(s) {', '.join(found)}. Widen --zoo-models or change --zoo-tasks."
-        )
-    return kept
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     """``--zoo-list``: print the selected models (all of them without --zoo-models), run nothing."""
@@ -114,9 +86,9 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
         return None
     config._do_configure()  # as pytest's own --markers does: validates every option first
     try:
-        from .netguard import network_guard
-        from .report import list_rows, render_list
-        from .selection import Patterns
+        from ..guards.network import network_guard
+        from ..zoo.selection import Patterns
+        from .listing import list_rows, render_list
 
         state = _state(config)
         everything = Patterns(("*",), state.options.patterns.exclude)
@@ -139,7 +111,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     state = _state(config)
     if state.selected is None:
         return None
-    from .report import header_line
+    from .listing import header_line
 
     examples, source = zoo_examples(config)
     return [
@@ -161,10 +133,10 @@ def pytest_collection_modifyitems(
     state = _state(config)
     if state.selected is None:
         return
-    gates = _gate_classes(items)
+    gates = gate_classes(items)
     suite = state.options.suite == "yes" or (state.options.suite == "auto" and not gates)
     try:
-        _require_known(config, state, items, gates, suite)
+        require_known(config, state, items, gates, suite)
     except pytest.UsageError as exc:
         from .scheduling import worker_usage_error
 
@@ -177,125 +149,6 @@ def pytest_collection_modifyitems(
         for name in ("TestZoo", "TestZooWeights"):
             shipped = pytest.Class.from_parent(module, name=name)
             items.extend(item for item in session.genitems(shipped) if isinstance(item, pytest.Item))
-
-
-def _gate_classes(items: list[pytest.Item]) -> list[type]:
-    """The gate classes (conformance subclasses that list ``models``) among the collected items."""
-    seen: dict[type, None] = {}
-    for item in items:
-        cls = getattr(item, "cls", None)
-        if (
-            cls is not None
-            and cls not in seen
-            and getattr(cls, "models", None)
-            and (_is_conformance_class(cls) or _is_weights_class(cls))
-        ):
-            seen[cls] = None
-    return list(seen)
-
-
-def _require_known(
-    config: pytest.Config, state: ZooState, items: list[pytest.Item], gates: list[type], suite: bool
-) -> None:
-    """Refuse a ``--zoo-models`` pattern that matches nothing this session can run."""
-    from .reliability import zoo_model_of
-
-    if not gates:  # only torchvision's models can be meant: the same check as --zoo-list's
-        try:
-            select_models(state.options.patterns)
-        except SelectionError as exc:
-            raise pytest.UsageError(str(exc)) from None
-        return
-
-    known: set[str] = set()
-    parts = []
-    for cls in gates:
-        try:
-            names = _class_models(cls)
-        except SelectionError as exc:
-            raise pytest.UsageError(str(exc)) from None
-        known.update(names)
-        parts.append(f"{cls.__qualname__}: {', '.join(names)}")
-    free_form = any(
-        getattr(item, "cls", None) not in gates and zoo_model_of(item) is not None for item in items
-    )
-    snapshot = config.pluginmanager.get_plugin("pytest-zoo-snapshot")
-    if suite or free_form or snapshot is not None:
-        from torchvision.models import list_models
-
-        torchvision_models = list_models()
-        known.update(torchvision_models)
-        parts.append(f"the {len(torchvision_models)} torchvision models")
-        if snapshot is not None and snapshot.snapshot is not None:
-            known.update(snapshot.snapshot.models)
-    if gates and not suite:
-        parts.append(
-            "(the shipped suite is not collected because gate classes were; --zoo-suite=yes adds it)"
-        )
-    try:
-        require_matches(state.options.patterns, sorted(known), where="; ".join(parts))
-    except SelectionError as exc:
-        raise pytest.UsageError(f"{_patterns_source(config)}: {exc}") from None
-
-
-def _patterns_source(config: pytest.Config) -> str:
-    return "--zoo-models" if config.getoption("zoo_models") is not None else "ini option zoo_models"
-
-
-def _is_conformance_class(cls: type | None) -> bool:
-    if cls is None:
-        return False
-    from .checks import ZooConformance  # only for classes that could be one; checks imports torch
-
-    return issubclass(cls, ZooConformance)
-
-
-def _is_weights_class(cls: type | None) -> bool:
-    if cls is None:
-        return False
-    from .weights import WeightsConformance  # imports torch, like checks
-
-    return issubclass(cls, WeightsConformance)
-
-
-def _class_models(cls: type) -> list[str]:
-    """A conformance class's ``models``: globs match torchvision builders, plain names stay as given.
-
-    A plain name that torchvision does not know is a model of the user's own (``builder_oracle =
-    False`` and a ``build_model`` hook that builds it), so it is kept rather than rejected.
-    """
-    models = getattr(cls, "models", ())
-    source = f"{cls.__qualname__}.models"
-    patterns = parse_patterns(models if isinstance(models, str) else list(models), source=source)
-    literal = [p for p in patterns.include if not _GLOB.search(p)]
-    globs = [p for p in patterns.include if _GLOB.search(p)]
-    names = set(literal)
-    if globs:
-        names.update(select_models(parse_patterns(globs, patterns.exclude, source=source)))
-    return sorted(n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in patterns.exclude))
-
-
-def _models_for(config: pytest.Config, cls: type | None) -> list[str]:
-    state = _state(config)
-    if not ((_is_conformance_class(cls) or _is_weights_class(cls)) and bool(getattr(cls, "models", ()))):
-        return list(state.selected or [])
-    assert cls is not None
-    try:
-        names = _class_models(cls)
-    except SelectionError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    if state.selected is None:
-        return names
-    wanted = state.options.patterns
-    from .families import task_of
-
-    return [
-        n
-        for n in names
-        if any(fnmatch.fnmatchcase(n, p) for p in wanted.include)
-        and not any(fnmatch.fnmatchcase(n, p) for p in wanted.exclude)
-        and (not state.options.tasks or task_of(n) in state.options.tasks)
-    ]
 
 
 def _argnames(mark: pytest.Mark) -> list[str]:
@@ -322,10 +175,10 @@ def _parametrize_weights(metafunc: pytest.Metafunc) -> None:
     """``zoo_weights``: one id per weights enum member of the selected models (``resnet50-IMAGENET1K_V2``)."""
     if any("zoo_weights" in _argnames(m) for m in metafunc.definition.iter_markers("parametrize")):
         return
-    names = _models_for(metafunc.config, metafunc.cls)
+    names = models_for(metafunc.config, metafunc.cls)
     cases = []
     if names:
-        from .weights import weights_cases
+        from ..weights import weights_cases
 
         cases = [(c.id, c.model) for c in weights_cases(names)]
     _parametrize_zoo(metafunc, "zoo_weights", cases)
@@ -338,7 +191,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if any("zoo_model_name" in _argnames(m) for m in metafunc.definition.iter_markers("parametrize")):
         return  # the test names its models itself: @pytest.mark.parametrize("zoo_model_name", [...])
-    names = _models_for(metafunc.config, metafunc.cls)
+    names = models_for(metafunc.config, metafunc.cls)
     _parametrize_zoo(metafunc, "zoo_model_name", [(n, n) for n in names])
 
 
@@ -413,11 +266,11 @@ def zoo_model(request: pytest.FixtureRequest, zoo_model_name: str, zoo_device: t
     ``--zoo-device=meta`` it is a structural build.
     """
     instance = request.instance
-    if instance is not None and _is_conformance_class(type(instance)):
+    if instance is not None and is_conformance_class(type(instance)):
         model: nn.Module = instance._model(zoo_model_name, zoo_device)
         return model
-    from .building import build_model
-    from .cache import active_cache
+    from ..models.building import build_model
+    from ..models.cache import active_cache
 
     def build() -> nn.Module:
         structural = zoo_device.type == "meta"
@@ -433,9 +286,9 @@ def zoo_strategies(request: pytest.FixtureRequest, zoo_model_name: str) -> Model
     ``zoo_strategies.input_shapes(train=True)`` draws whole ``(B, C, H, W)`` shapes the model
     accepts. Inside a ``ZooConformance`` subclass the geometry comes from its ``input_spec`` hook.
     """
-    from .strategies import for_model
+    from ..conformance.strategies import for_model
 
     instance = request.instance
-    if instance is not None and _is_conformance_class(type(instance)):
+    if instance is not None and is_conformance_class(type(instance)):
         return for_model(zoo_model_name, spec=instance.input_spec(zoo_model_name))
     return for_model(zoo_model_name)

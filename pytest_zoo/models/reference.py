@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from .families import find_family
+from ..zoo.families import find_family
 
 __all__ = [
     "ArchitectureMismatch",

@@ -13,7 +13,7 @@ example (images, boxes, masks and keypoints included) replays exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,15 +21,13 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from .families import InputSpec, task_of
+from ..zoo.families import InputSpec, task_of
 from .strategies import MAX_BATCH, MAX_CLASSES, input_sizes, min_train_batch
 
 __all__ = [
-    "CONVERTED_MIN_SIZE",
     "Example",
     "OutputReport",
     "TaskIO",
-    "converted_quantized_problems",
     "named_outputs",
     "task_io",
 ]
@@ -370,50 +368,3 @@ def _check_detections(report: OutputReport, where: str, result: object, n: int, 
 def _beyond(boxes: torch.Tensor, h: int, w: int) -> bool:
     eps = 1e-3 * max(h, w)
     return bool((boxes[:, 2] > w + eps).any() or (boxes[:, 3] > h + eps).any())
-
-
-# -- quantized ---------------------------------------------------------------------------------------
-
-
-#: The smallest input side a converted model gets. A quantized global mean pool over a 1x1 feature
-#: map fails ("required rank 4 tensor to use channels_last format"), so 32 pixels, legal for the
-#: float model, are not legal after conversion.
-CONVERTED_MIN_SIZE = 64
-
-
-def converted_quantized_problems(
-    model: nn.Module,
-    n: int,
-    example: Example,
-    expected_head: Mapping[str, tuple[int, ...]],
-    replace_head: Callable[[nn.Module, int], nn.Module],
-) -> tuple[OutputReport, OutputReport]:
-    """Check a converted (``quantize=True``) model: its swapped head's shapes, then one eval forward.
-
-    ``expected_head`` maps the head's parameter names to the shapes the float builder gives them for
-    ``n`` classes. Conversion packs a Linear's weight and bias but keeps their shapes, so the float
-    builder is the right oracle; the rest of the state_dict (fused convolutions, scales) is not
-    comparable and not compared. Returns ``(head report, output report)``.
-    """
-    swapped = replace_head(model, n)
-    found = _packed_shapes(swapped)
-    head = OutputReport(found={k: found.get(k) for k in expected_head}, expected=dict(expected_head))
-    swapped.eval()
-    x = torch.rand(example.shape, generator=example.generator())
-    with torch.no_grad():
-        output = swapped(x)
-    return head, TaskIO().check(output, example, n, train=False)
-
-
-def _packed_shapes(model: nn.Module) -> dict[str, tuple[int, ...] | None]:
-    """``state_dict`` shapes, with a quantized Linear's packed ``(weight, bias)`` unpacked to float names."""
-    shapes: dict[str, tuple[int, ...] | None] = {}
-    for key, value in model.state_dict().items():
-        if key.endswith("._packed_params._packed_params") and isinstance(value, tuple):
-            owner = key[: -len("._packed_params._packed_params")]
-            weight, bias = value
-            shapes[f"{owner}.weight"] = tuple(weight.shape)
-            shapes[f"{owner}.bias"] = tuple(bias.shape) if bias is not None else None
-        elif isinstance(value, torch.Tensor):
-            shapes[key] = tuple(value.shape)
-    return shapes
