@@ -207,15 +207,39 @@ def test_the_kit_imports_canonical_paths_not_the_old_ones() -> None:
 _MODULE_NAME = re.compile(rf"{ROOT}(\.[A-Za-z_]\w*)+")
 
 
+def _names_a_module(node: ast.AST) -> bool:
+    """A module's dotted name as a string: ``"pytest_zoo.cache"``, or ``f"{__package__}.heads"``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return _MODULE_NAME.fullmatch(node.value) is not None
+    if isinstance(node, ast.JoinedStr) and len(node.values) == 2:
+        head, tail = node.values
+        return (
+            isinstance(head, ast.FormattedValue)
+            and isinstance(head.value, ast.Name)
+            and head.value.id in ("__name__", "__package__")
+            and isinstance(tail, ast.Constant)
+            and _MODULE_NAME.fullmatch(f"{ROOT}{tail.value}") is not None
+        )
+    return False
+
+
 def test_no_module_is_referenced_by_a_name_string() -> None:
     """A string that is a module's dotted name breaks silently when the module moves; import it."""
-    found = []
-    for path in MODULES.values():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if (
-                isinstance(node, ast.Constant)
-                and isinstance(node.value, str)
-                and _MODULE_NAME.fullmatch(node.value)
-            ):
-                found.append(f"{_rel(path)}:{node.lineno}: {node.value!r}")
+    found = [
+        f"{_rel(path)}:{node.lineno}: {ast.unparse(node)}"
+        for path in MODULES.values()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if _names_a_module(node)
+    ]
     assert found == []
+
+
+def test_the_name_string_finder_finds_both_spellings() -> None:
+    tree = ast.parse(
+        'a = "pytest_zoo.cache"\nb = f"{__package__}.heads"\nc = "pytest_zoo.register_adapter(x)"'
+    )
+    assert [_names_a_module(node.value) for node in tree.body if isinstance(node, ast.Assign)] == [
+        True,
+        True,
+        False,
+    ]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision.models import get_model, list_models
 
+from pytest_zoo.conformance import converted
 from pytest_zoo.conformance import task_io as tasks
 from pytest_zoo.guards.network import NetworkAccessError, network_guard
 from pytest_zoo.models import heads
@@ -132,7 +133,7 @@ def test_converted_quantized_head_is_replaced_like_the_float_one() -> None:
     model = build_model("quantized_shufflenet_v2_x0_5", quantize=True)
     expected = {"fc.weight": (7, 1024), "fc.bias": (7,)}
     example = tasks.Example(2, (64, 64), None, 0)
-    head, output = tasks.converted_quantized_problems(model, 7, example, expected, heads.replace_head)
+    head, output = converted.converted_quantized_problems(model, 7, example, expected, heads.replace_head)
     assert head.ok and output.ok, (head, output)
     assert (head.found, output.found) == (expected, {"logits": (2, 7)})
 

@@ -105,6 +105,25 @@ def _format_address(address: Any) -> str:
     return repr(address)
 
 
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """Set one environment variable for the block, and restore just that one.
+
+    Not ``mock.patch.dict(os.environ, ...)``: that restores the whole environment on exit, which
+    would undo every variable the guarded code set, and so hide from the state-leak guard the
+    very leaks it exists to report.
+    """
+    had, old = name in os.environ, os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if had:
+            os.environ[name] = old  # type: ignore[assignment]
+        else:
+            os.environ.pop(name, None)
+
+
 def _request_url(request: object) -> str:
     if isinstance(request, urllib.request.Request):
         return request.full_url
@@ -168,7 +187,7 @@ def network_guard(
     with contextlib.ExitStack() as stack:
         if owned:
             stack.callback(shutil.rmtree, home, ignore_errors=True)
-        stack.enter_context(mock.patch.dict(os.environ, {"TORCH_HOME": str(home)}))
+        stack.enter_context(_environ("TORCH_HOME", str(home)))
         patches: list[tuple[object, str, Callable[..., Any]]] = [
             (socket.socket, "connect", connect),
             (socket.socket, "connect_ex", connect_ex),

@@ -30,6 +30,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import models
+
 __all__ = ["ModelOutOfMemoryError", "StateSnapshot", "capture", "classify", "is_out_of_memory"]
 
 #: Environment variables that are not the test's doing: pytest sets and clears the first around each
@@ -232,7 +234,8 @@ def _one_line(text: str) -> str:
 def classify(exc: BaseException, model: str, device: str, phase: str) -> Fault | None:
     """The precise outcome for a per-model failure, or ``None`` to let ``exc`` through unchanged."""
     # A NoAdapterError can only exist once heads (and so torch) is loaded: never import it here.
-    heads = sys.modules.get(f"{__package__}.heads")
+    # A loaded submodule is an attribute of its package; asking that names no module in a string.
+    heads = getattr(models, "heads", None)
     no_adapter: tuple[type[BaseException], ...] = (heads.NoAdapterError,) if heads is not None else ()
     leaves = [_root_cause(e) for e in _leaves(exc)]
     if leaves and no_adapter and all(isinstance(e, no_adapter) for e in leaves):
