@@ -33,9 +33,9 @@ from pytest_zoo.conformance.training import (
     named_leaves,
     nonfinite_state,
     training_step,
-    uninitialised_as_nan,
 )
 from pytest_zoo.models import building, freezing, heads
+from pytest_zoo.models.building import uninitialised_as_nan
 
 CPU = torch.device("cpu")
 

@@ -1043,7 +1043,7 @@ class ZooConformance:
             run,
             freeze=False,
             train=True,
-            under=training.uninitialised_as_nan,
+            under=building.uninitialised_as_nan,
         )
 
     def test_state_dict_round_trip(self, zoo_model_name: str, zoo_device: torch.device) -> None:

@@ -14,16 +14,13 @@ renders the report with the kit's failure layout.
   parameters an architecture never uses are declared by the caller, not skipped;
 * :func:`nonfinite_state` -- NaN/inf parameters and buffers, by name (partial weights such as
   VGG16 ``IMAGENET1K_FEATURES``, whose classifier is NaN);
-* :func:`uninitialised_as_nan` -- a context under which ``torch.empty`` returns NaN, so a head built
-  from uninitialised memory fails :func:`nonfinite_state` deterministically.
 
 On the meta device nothing has values: every check returns a report whose ``skipped`` says so.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +41,6 @@ __all__ = [
     "needs_values",
     "nonfinite_state",
     "training_step",
-    "uninitialised_as_nan",
 ]
 
 #: Positional and keyword arguments of one ``model(*args, **kwargs)`` call: what ``TaskIO.inputs`` returns.
@@ -194,7 +190,8 @@ def nonfinite_state(model: nn.Module, *, check: str = "finite parameters") -> Ch
 
     For the weights-loading path (a checkpoint with NaN layers, e.g. VGG16 ``IMAGENET1K_FEATURES``
     whose classifier is NaN, where swapping only the last layer leaves the others NaN), and, under
-    :func:`uninitialised_as_nan`, for a head built from ``torch.empty`` without initialisation.
+    :func:`~pytest_zoo.models.building.uninitialised_as_nan`, for a head built from ``torch.empty``
+    without initialisation.
     """
     skipped = needs_values(check, model)
     if skipped is not None:
@@ -216,31 +213,6 @@ def nonfinite_state(model: nn.Module, *, check: str = "finite parameters") -> Ch
         found={"non-finite tensors": sorted(bad)},
         details=tuple(f"{name}: {text}" for name, text in sorted(bad.items())[:10]),
     )
-
-
-@contextlib.contextmanager
-def uninitialised_as_nan() -> Iterator[None]:
-    """Within this context, ``torch.empty`` (and every uninitialised allocation) is filled with NaN.
-
-    Run the ``replace_head`` hook inside it, then :func:`nonfinite_state`: a head whose weights come
-    from ``torch.empty``/``Tensor.new_empty`` without an initialiser is NaN, deterministically,
-    instead of holding whatever the allocator last freed (often plausible-looking numbers). It uses
-    torch's own mechanism (``torch.use_deterministic_algorithms`` with
-    ``torch.utils.deterministic.fill_uninitialized_memory``), in warn-only mode so that nothing the
-    hook does is refused; the previous settings are restored on exit.
-    """
-    import torch.utils.deterministic as deterministic
-
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    fill = getattr(deterministic, "fill_uninitialized_memory", True)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    setattr(deterministic, "fill_uninitialized_memory", True)  # noqa: B010 (a module property)
-    try:
-        yield
-    finally:
-        setattr(deterministic, "fill_uninitialized_memory", fill)  # noqa: B010
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 #: Parameters an architecture never uses in a train-mode forward, with everything trainable, by

@@ -29,6 +29,7 @@ __all__ = [
     "real_init",
     "structural_init",
     "takes_num_classes",
+    "uninitialised_as_nan",
     "uninitialised_copy",
 ]
 
@@ -112,6 +113,31 @@ def uninitialised_copy(model: nn.Module, *, dtype: torch.dtype | None = None) ->
             else empty
         )
     return copy.deepcopy(model, memo)
+
+
+@contextlib.contextmanager
+def uninitialised_as_nan() -> Iterator[None]:
+    """Within this context, ``torch.empty`` (and every uninitialised allocation) is filled with NaN.
+
+    Run the ``replace_head`` hook inside it, then :func:`nonfinite_state`: a head whose weights come
+    from ``torch.empty``/``Tensor.new_empty`` without an initialiser is NaN, deterministically,
+    instead of holding whatever the allocator last freed (often plausible-looking numbers). It uses
+    torch's own mechanism (``torch.use_deterministic_algorithms`` with
+    ``torch.utils.deterministic.fill_uninitialized_memory``), in warn-only mode so that nothing the
+    hook does is refused; the previous settings are restored on exit.
+    """
+    import torch.utils.deterministic as deterministic
+
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = getattr(deterministic, "fill_uninitialized_memory", True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    setattr(deterministic, "fill_uninitialized_memory", True)  # noqa: B010 (a module property)
+    try:
+        yield
+    finally:
+        setattr(deterministic, "fill_uninitialized_memory", fill)  # noqa: B010
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 #: The in-place initialisers of ``torch.nn.init``: what builders and ``reset_parameters`` call.
