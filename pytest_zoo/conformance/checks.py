@@ -1047,7 +1047,7 @@ class ZooConformance:
         )
 
     def test_state_dict_round_trip(self, zoo_model_name: str, zoo_device: torch.device) -> None:
-        """The fine-tuned ``state_dict`` saved to bytes, loaded with ``weights_only=True`` into a fresh
+        """The fine-tuned ``state_dict`` saved to a file, loaded with ``weights_only=True`` into a fresh
         model made by the same hooks, with ``strict=True``: no missing or unexpected key (a wrapper
         prefix is named), identical eval outputs."""
         has_head = tasks.task_io(zoo_model_name).has_head

@@ -1,6 +1,6 @@
 """Value checks that prove a fine-tuned model reloads, batches and deploys, not only that it has shapes.
 
-* :func:`state_dict_round_trip` -- ``torch.save`` of the ``state_dict`` to bytes, ``torch.load(...,
+* :func:`state_dict_round_trip` -- ``torch.save`` of the ``state_dict`` to a file, ``torch.load(...,
   weights_only=True)``, strict load into a fresh model from the caller's factory, same eval outputs;
   a wrapper prefix (``module.``, ``_orig_mod.``) is named;
 * :func:`batch_equivalence` -- in eval mode each sample's output in a batch equals its output alone;
@@ -214,6 +214,9 @@ def state_dict_round_trip(
                 if problems and mapped:
                     del fresh
                     fresh = fresh_model()
+                    # read anew: a state_dict once loaded with assign=True makes a later copying
+                    # load replace the module's parameters instead of copying into them (torch 2.14)
+                    saved = torch.load(path, weights_only=True, mmap=True)
                     fresh.load_state_dict(saved, strict=True)
                     problems, details = compare_outputs(
                         reference,

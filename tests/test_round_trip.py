@@ -1,0 +1,54 @@
+"""The state_dict round trip loads into the fresh model by assignment from a memory-mapped file, so
+that it holds two model-sized copies rather than three; these tests pin down that this shortcut
+never changes a verdict: what users' copy-loading accepts passes, what it rejects fails."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pytest_zoo.deployment import state_dict_round_trip
+
+INPUTS = ((torch.randn(2, 8),), {})
+
+
+class AliasedHead(nn.Module):
+    """A parameter also reached through a plain list: assigning a loaded tensor to ``fc.weight``
+    leaves the alias on the old one, where ``load_state_dict``'s copy would update both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+        self.tied = [self.fc.weight]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.tied[0].T + self.fc.bias
+
+
+class ListHead(nn.Module):
+    """The defect the check is for: the head lives in a plain list, outside the state_dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(8, 8)
+        self.heads = [nn.Linear(8, 3)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.heads[0](self.body(x))
+
+
+def test_a_parameter_reached_through_an_alias_passes_as_copy_loading_would() -> None:
+    torch.manual_seed(0)
+    report = state_dict_round_trip(AliasedHead(), AliasedHead, INPUTS)
+    assert report.ok, report.problems
+    # the shortcut alone would have judged it wrongly: assignment leaves the alias behind
+    fresh = AliasedHead()
+    fresh.load_state_dict(AliasedHead().state_dict(), assign=True)
+    assert fresh.tied[0] is not fresh.fc.weight
+
+
+def test_state_outside_the_state_dict_still_fails() -> None:
+    torch.manual_seed(0)
+    report = state_dict_round_trip(ListHead(), ListHead, INPUTS)
+    assert not report.ok
+    assert any("a head kept in a plain list" in problem for problem in report.problems), report.problems
