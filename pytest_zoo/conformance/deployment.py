@@ -32,13 +32,7 @@ from .equivalence import (
     precision_forward,
     state_dict_round_trip,
 )
-from .training import (
-    CheckReport,
-    Inputs,
-    _call,
-    _error,
-    needs_values,
-)
+from .training import CheckReport, Inputs, _call, _error, needs_values
 
 __all__ = [
     "BATCH_ATOL",
