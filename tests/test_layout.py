@@ -31,18 +31,6 @@ GLUE = "pytest_zoo.plugin"
 MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 250
 
-#: Temporary, and meant to shrink to empty: modules the performance work is still editing, to be
-#: split after it merges (checks.py into check-function modules, weights/__init__.py into cases,
-#: interception, checks and loading; deployment.py by deployment method). Any other file over the
-#: limit fails, and an entry that is no longer over it fails too, so the list cannot go stale.
-OVERSIZE_ALLOWED = {
-    "conformance/checks.py",
-    "conformance/deployment.py",
-    "weights/__init__.py",
-}
-#: Likewise for classes: ``ZooConformance`` keeps its five check skeletons until checks.py is split.
-LARGE_CLASS_ALLOWED = {("conformance/checks.py", "ZooConformance")}
-
 #: The old module paths that only re-export a moved module (the README and users import them).
 SHIMS = {
     "pytest_zoo.building",
@@ -130,9 +118,7 @@ def test_the_graph_sees_the_imports() -> None:
 def test_no_module_is_over_the_size_limit() -> None:
     sizes = {_rel(path): len(path.read_text(encoding="utf-8").splitlines()) for path in MODULES.values()}
     oversize = {path: lines for path, lines in sizes.items() if lines > MAX_MODULE_LINES}
-    assert set(oversize) - OVERSIZE_ALLOWED == set(), f"modules over {MAX_MODULE_LINES} lines: {oversize}"
-    stale = {path for path in OVERSIZE_ALLOWED if sizes.get(path, 0) <= MAX_MODULE_LINES}
-    assert not stale, f"no longer oversize (or gone): remove from OVERSIZE_ALLOWED: {sorted(stale)}"
+    assert oversize == {}, f"modules over {MAX_MODULE_LINES} lines: {oversize}"
 
 
 def test_no_class_is_over_the_size_limit() -> None:
@@ -141,9 +127,7 @@ def test_no_class_is_over_the_size_limit() -> None:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ClassDef) and (node.end_lineno or 0) - node.lineno + 1 > MAX_CLASS_LINES:
                 large.add((_rel(path), node.name))
-    assert large - LARGE_CLASS_ALLOWED == set(), f"classes over {MAX_CLASS_LINES} lines: {large}"
-    stale = LARGE_CLASS_ALLOWED - large
-    assert not stale, f"no longer oversize (or gone): remove from LARGE_CLASS_ALLOWED: {sorted(stale)}"
+    assert large == set(), f"classes over {MAX_CLASS_LINES} lines: {large}"
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

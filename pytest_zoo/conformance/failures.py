@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
 
 __all__ = [
+    "ConformanceFailure",
     "FailureContext",
     "exception_defects",
     "hook_origin",
@@ -26,6 +27,15 @@ __all__ = [
 ]
 
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+class ConformanceFailure(AssertionError):
+    """A check failed; the message says which model, which inputs, which hook, expected vs found."""
+
+
+def _expect(condition: bool, message: Callable[[], str]) -> None:
+    if not condition:
+        raise ConformanceFailure(message())
 
 
 def hook_origin(obj: object, hook: str) -> str:

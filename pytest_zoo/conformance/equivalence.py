@@ -1,0 +1,401 @@
+"""Equivalence checks: a fine-tuned model reloads, batches, changes memory format and precision alike.
+
+* :func:`state_dict_round_trip` -- ``torch.save`` of the ``state_dict`` to a file, ``torch.load(...,
+  weights_only=True)``, strict load into a fresh model from the caller's factory, same eval outputs;
+  a wrapper prefix (``module.``, ``_orig_mod.``) is named;
+* :func:`batch_equivalence` -- in eval mode each sample's output in a batch equals its output alone;
+* :func:`channels_last_equivalence` -- a channels_last model and input reproduce the eager output;
+* :func:`precision_forward` -- a forward under ``torch.autocast`` (or in a converted dtype) is finite
+  and has the float32 forward's shapes.
+
+:func:`compare_outputs` is the comparison they (and :mod:`.deployment`) share. Every check returns
+a :class:`~pytest_zoo.training.CheckReport` and raises nothing for a failing model; on the meta
+device it returns a skipped report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .training import (
+    CheckReport,
+    Inputs,
+    _call,
+    _error,
+    _listed,
+    _nonfinite,
+    model_device,
+    named_leaves,
+    needs_values,
+)
+
+__all__ = [
+    "BATCH_ATOL",
+    "BATCH_RTOL",
+    "batch_equivalence",
+    "channels_last_equivalence",
+    "compare_outputs",
+    "precision_forward",
+    "state_dict_round_trip",
+]
+
+#: transformers' ``test_batching_equivalence`` default tolerances (tests/test_modeling_common.py).
+BATCH_ATOL = 1e-5
+BATCH_RTOL = 1e-5
+
+#: Wrapper prefixes a saved ``state_dict`` can carry, and what added them.
+_WRAPPERS = {
+    "module.": "nn.DataParallel / DistributedDataParallel: save model.module.state_dict()",
+    "_orig_mod.": "torch.compile's OptimizedModule: save model._orig_mod.state_dict()",
+}
+
+
+def compare_outputs(
+    reference: object, candidate: object, *, atol: float, rtol: float, what: str
+) -> tuple[list[str], list[str]]:
+    """Compare two model outputs leaf by leaf: ``(problems, details)``.
+
+    Leaves are named as :func:`~pytest_zoo.training.named_leaves` names them; missing or extra
+    leaves, shape differences and values outside ``atol * scale + rtol * |reference|`` are problems,
+    where ``scale`` is ``max(1, max |reference|)`` of that output: a randomly initialised network
+    whose logits reach 1e8 (inception_v3) is judged like one whose logits reach 1, and an output
+    of scale 1 or less gets exactly ``atol``.
+    """
+    ref, got = named_leaves(reference), named_leaves(candidate)
+    problems: list[str] = []
+    details: list[str] = []
+    if ref.keys() != got.keys():
+        problems.append(
+            f"{what} returns the outputs {sorted(got)}, eager returns {sorted(ref)}"
+            if got
+            else f"{what} returns no tensor ({type(candidate).__name__}), eager returns {sorted(ref)}"
+        )
+    for name in sorted(ref.keys() & got.keys()):
+        a, b = ref[name].detach(), got[name].detach()
+        if a.shape != b.shape:
+            problems.append(f"{what}: output '{name}' has shape {tuple(b.shape)}, eager {tuple(a.shape)}")
+            continue
+        if not (a.is_floating_point() or a.is_complex()):
+            if not torch.equal(a, b.to(a.device)):
+                problems.append(f"{what}: output '{name}' ({a.dtype}) differs from eager")
+            continue
+        b = b.to(device=a.device, dtype=a.dtype)
+        scale = max(1.0, float(a.abs().nan_to_num(0.0, 0.0, 0.0).max())) if a.numel() else 1.0
+        if not torch.allclose(a, b, atol=atol * scale, rtol=rtol, equal_nan=True):
+            diff = (a - b).abs().nan_to_num(float("inf"))
+            problems.append(
+                f"{what}: output '{name}' differs from eager by up to {float(diff.max()):.3g} "
+                f"(tolerance atol={atol:g} x {scale:.3g}, rtol={rtol:g})"
+            )
+            details.append(
+                f"{name}: max |eager| {float(a.abs().max()):.3g}, mean |diff| {float(diff.mean()):.3g}"
+            )
+    return problems, details
+
+
+@contextlib.contextmanager
+def _exact() -> Iterator[None]:
+    """``no_grad``, and no TF32 (cuDNN convolutions default to it on Ampere and later): comparisons
+    at 1e-5 are about the model, not about 10-bit mantissas. The previous settings are restored."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+# -- state dict ------------------------------------------------------------------------------------
+
+
+def _wrapper_prefix(saved: set[str], fresh: set[str]) -> str | None:
+    for prefix in _WRAPPERS:
+        if saved and all(k.startswith(prefix) for k in saved) and {k[len(prefix) :] for k in saved} == fresh:
+            return prefix
+    return None
+
+
+def state_dict_round_trip(
+    model: nn.Module,
+    build_fresh: Callable[[], nn.Module],
+    inputs: Inputs,
+    *,
+    seed: int = 20_240_612,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    check: str = "state_dict round trip",
+) -> CheckReport:
+    """Save ``model.state_dict()`` to a file, reload it into a fresh model, and compare eval outputs.
+
+    ``build_fresh()`` must build the same architecture through the same hooks (``build_model`` then
+    ``replace_head(.., n)``); it runs under ``torch.manual_seed(seed)`` in a forked RNG, so its random
+    initialisation differs from the model's, and its result is moved to the model's device.
+    ``inputs`` are eval-mode inputs. Problems: missing/unexpected keys (naming a ``module.`` or
+    ``_orig_mod.`` wrapper prefix), a refused strict load, and eval outputs that differ after the
+    load (state the outputs depend on that is not in the ``state_dict``: a head kept in a plain
+    list or attribute, a tensor that is not a parameter or persistent buffer).
+
+    On the CPU the file is memory-mapped and its tensors become the fresh model's
+    (``load_state_dict(strict=True, assign=True)``), so the round trip holds the model and the
+    file's pages, not a third copy of the weights. ``assign`` can only misjudge a model that also
+    reaches a parameter outside its registered ones (an alias in a plain list); so outputs that
+    differ are confirmed with a second fresh model loaded by copy, the way users load, before
+    anything is reported.
+    """
+    skipped = needs_values(check, model)
+    if skipped is not None:
+        return skipped
+    device = model_device(model)
+    mapped = device.type == "cpu"
+
+    def fresh_model() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_fresh().to(device)
+
+    with tempfile.TemporaryDirectory(prefix="pytest-zoo-round-trip-", ignore_cleanup_errors=True) as tmp:
+        path = Path(tmp) / "state_dict.pt"
+        torch.save(model.state_dict(), path)
+        saved = torch.load(path, weights_only=True, mmap=mapped, map_location=None if mapped else device)
+        fresh = fresh_model()
+        saved_keys, fresh_keys = set(saved), set(fresh.state_dict())
+        found = {"missing": sorted(fresh_keys - saved_keys), "unexpected": sorted(saved_keys - fresh_keys)}
+        expected: dict[str, object] = {"missing": [], "unexpected": []}
+        if saved_keys != fresh_keys:
+            problem = (
+                f"missing keys {_listed(found['missing'])}, unexpected keys {_listed(found['unexpected'])}"
+            )
+            prefix = _wrapper_prefix(saved_keys, fresh_keys)
+            if prefix is not None:
+                problem = f"every saved key carries the prefix {prefix!r} ({_WRAPPERS[prefix]}); " + problem
+            return CheckReport(
+                check,
+                problems=(f"the saved state_dict does not fit a fresh model: {problem}",),
+                expected=expected,
+                found=found,
+            )
+        try:
+            fresh.load_state_dict(saved, strict=True, assign=mapped)
+        except (RuntimeError, ValueError) as error:
+            return CheckReport(
+                check,
+                problems=(_error("load_state_dict(strict=True)", error),),
+                expected=expected,
+                found=found,
+            )
+        model.eval()
+        try:
+            with _exact():
+                reference = _call(model, inputs)
+                problems, details = compare_outputs(
+                    reference, _call(fresh.eval(), inputs), atol=atol, rtol=rtol, what="the reloaded model"
+                )
+                if problems and mapped:
+                    del fresh
+                    fresh = fresh_model()
+                    # read anew: a state_dict once loaded with assign=True makes a later copying
+                    # load replace the module's parameters instead of copying into them (torch 2.14)
+                    saved = torch.load(path, weights_only=True, mmap=True)
+                    fresh.load_state_dict(saved, strict=True)
+                    problems, details = compare_outputs(
+                        reference,
+                        _call(fresh.eval(), inputs),
+                        atol=atol,
+                        rtol=rtol,
+                        what="the reloaded model",
+                    )
+        except Exception as error:
+            return CheckReport(check, problems=(_error("the eval forward", error),))
+    if problems:
+        problems.append(
+            "some state the outputs depend on is not in state_dict: a head kept in a plain list or "
+            "attribute, or a tensor that is not a registered parameter or persistent buffer"
+        )
+    return CheckReport(
+        check, problems=tuple(problems), expected=expected, found=found, details=tuple(details)
+    )
+
+
+# -- batches ---------------------------------------------------------------------------------------
+
+
+def batch_equivalence(
+    model: nn.Module,
+    batch: torch.Tensor,
+    *,
+    kwargs: dict[str, Any] | None = None,
+    atol: float = BATCH_ATOL,
+    rtol: float = BATCH_RTOL,
+    check: str = "batch equivalence",
+) -> CheckReport:
+    """In eval mode, each sample's output within ``batch`` equals its output alone.
+
+    For models taking one batched tensor (classification, segmentation, video): ``batch`` is
+    ``(B, ...)`` with ``B >= 2``; every output leaf must be batched along dim 0. Tolerances default
+    to transformers' ``test_batching_equivalence`` (atol = rtol = 1e-5). A head that mixes samples
+    (a normalisation over the batch dimension, a softmax over dim 0) fails.
+    """
+    skipped = needs_values(check, model)
+    if skipped is not None:
+        return skipped
+    if batch.shape[0] < 2:
+        return CheckReport(
+            check, problems=(f"batch equivalence needs a batch of 2 or more, got {batch.shape[0]}",)
+        )
+    extra = kwargs or {}
+    model.eval()
+    try:
+        with _exact():
+            whole = named_leaves(model(batch, **extra))
+            alone = [named_leaves(model(batch[i : i + 1], **extra)) for i in range(batch.shape[0])]
+    except Exception as error:
+        return CheckReport(check, problems=(_error("the eval forward", error),))
+    problems: list[str] = []
+    details: list[str] = []
+    for i, single in enumerate(alone):
+        rows = {k: v[i : i + 1] for k, v in whole.items() if v.dim() and v.shape[0] == batch.shape[0]}
+        p, d = compare_outputs(single, rows, atol=atol, rtol=rtol, what=f"sample {i} within the batch")
+        problems += p
+        details += d
+    if problems:
+        problems.append("the outputs depend on the other samples in the batch: the model mixes samples")
+    return CheckReport(
+        check,
+        problems=tuple(problems[:6]),
+        details=tuple(details[:6]),
+        expected={"batch": tuple(batch.shape)},
+        found={"batch": tuple(batch.shape)},
+    )
+
+
+# -- memory format and precision -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _memory_format(model: nn.Module, fmt: torch.memory_format) -> Iterator[None]:
+    """``model`` in ``fmt`` inside; afterwards on the very tensors it had before. Converting back
+    would copy every weight a second time, into storage that the session's model cache could not
+    tell from a weight changed in place (it would rebuild the model)."""
+    parameters = [(parameter, parameter.data) for parameter in model.parameters()]
+    buffers = [(module, key, buffer) for module in model.modules() for key, buffer in module._buffers.items()]
+    model.to(memory_format=fmt)
+    try:
+        yield
+    finally:
+        for parameter, data in parameters:
+            parameter.data = data
+        for module, key, buffer in buffers:
+            module._buffers[key] = buffer
+
+
+def channels_last_equivalence(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    check: str = "channels_last",
+) -> CheckReport:
+    """The model and its 4-d/5-d tensor inputs in channels_last reproduce the contiguous eval output.
+
+    4-d inputs go to ``torch.channels_last``, 5-d to ``torch.channels_last_3d`` (the model too), and
+    back to contiguous afterwards. A head that flattens with ``.view`` on a permuted layout raises
+    ("view size is not compatible with input tensor's size and stride"): that is the problem reported.
+    """
+    skipped = needs_values(check, model)
+    if skipped is not None:
+        return skipped
+    args, kwargs = inputs
+    dims = {a.dim() for a in [*args, *kwargs.values()] if isinstance(a, torch.Tensor)} & {4, 5}
+    if not dims:
+        return CheckReport(check, skipped=f"{check} needs a 4-d or 5-d image input; this model takes none")
+    fmt = torch.channels_last if 4 in dims else torch.channels_last_3d
+
+    def convert(value: object) -> object:
+        if isinstance(value, torch.Tensor) and value.dim() == (4 if fmt is torch.channels_last else 5):
+            return value.contiguous(memory_format=fmt)
+        return value
+
+    model.eval()
+    try:
+        with _exact():
+            reference = _call(model, inputs)
+            with _memory_format(model, fmt):
+                converted = model(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()})
+    except Exception as error:
+        problem = _error(f"the {fmt} forward", error)
+        if "view size is not compatible" in str(error):
+            problem += "; a head flattens with .view on a non-contiguous layout: use .flatten(1) or .reshape"
+        return CheckReport(check, problems=(problem,))
+    problems, details = compare_outputs(reference, converted, atol=atol, rtol=rtol, what=f"the {fmt} model")
+    return CheckReport(check, problems=tuple(problems), details=tuple(details))
+
+
+def precision_forward(
+    model: nn.Module,
+    inputs: Inputs,
+    *,
+    dtype: torch.dtype | None = None,
+    autocast: bool = True,
+    train: bool = False,
+    check: str | None = None,
+) -> CheckReport:
+    """A forward under ``torch.autocast`` (or with the model already converted) is finite, same shapes.
+
+    ``autocast=True``: the float32 model runs under ``torch.autocast(device_type, dtype)``, ``dtype``
+    defaulting to bfloat16 on CPU and float16 on CUDA. ``autocast=False``: the caller has converted
+    the model (and ran its ``replace_head`` afterwards); floating inputs are cast to the dtype of the
+    model's first parameter. Shapes are compared with a float32 eager forward when ``autocast`` (no
+    reference exists for a converted model: only finiteness is checked then).
+    """
+    device = model_device(model)
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)
+    name = check or (f"autocast {dtype}" if autocast else f"forward in {dtype}")
+    skipped = needs_values(name, model)
+    if skipped is not None:
+        return skipped
+    args, kwargs = inputs
+    model.train(train)
+    try:
+        with torch.no_grad():
+            if autocast:
+                reference: object = _call(model, inputs)
+                with torch.autocast(device.type, dtype=dtype):
+                    output = _call(model, inputs)
+            else:
+                target = next(model.parameters()).dtype
+
+                def cast(value: object) -> object:
+                    if isinstance(value, torch.Tensor) and value.is_floating_point():
+                        return value.to(target)
+                    if isinstance(value, list):
+                        return [cast(v) for v in value]
+                    return value
+
+                output = model(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+                reference = output
+    except Exception as error:
+        problem = _error(f"the forward under {name}", error)
+        if "dtype" in str(error) or "same type" in str(error) or "scalar type" in str(error).lower():
+            problem += (
+                "; a layer computes in a fixed dtype that differs from the model's: build the head "
+                "with the dtype of the layer it replaces, and let autocast pick operand dtypes"
+            )
+        return CheckReport(name, problems=(problem,))
+    leaves = named_leaves(output)
+    shapes = {k: tuple(v.shape) for k, v in leaves.items()}
+    expected = {k: tuple(v.shape) for k, v in named_leaves(reference).items()}
+    problems = [
+        f"output '{k}' under {name} is not finite: {t}" for k, v in leaves.items() if (t := _nonfinite(v))
+    ]
+    if shapes != expected:
+        problems.append(f"output shapes under {name} differ from float32: {shapes} != {expected}")
+    return CheckReport(name, problems=tuple(problems), expected=expected, found=shapes)

@@ -1,0 +1,180 @@
+"""Real loading, offline: a checkpoint fabricated under the file name torch.hub expects, loaded by the
+builder inside a network guard, and checked (:func:`check_loading`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from torch import nn
+
+from ..atomic import replace_atomically
+from ..models.building import poisoned_init
+from ..models.cache import active_cache
+from .cases import MetadataMismatch, WeightsCase
+from .interception import build_with_weights, reference_inputs
+
+# -- real loading, offline ------------------------------------------------------------------------
+
+
+def checkpoint_path(weights: Any, torch_home: Path) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` looks for ``weights`` before downloading."""
+    return torch_home / "hub" / "checkpoints" / os.path.basename(str(weights.url))
+
+
+def fabricate_checkpoint(case: WeightsCase, torch_home: Path, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """Write a checkpoint for ``case`` under the file name torch.hub expects; return its contents.
+
+    The contents are the load-time ``state_dict`` of the model the builder makes with those weights:
+    exactly the keys, shapes and dtypes the builder will load, quantized ones included, with random
+    floating values (drawn once, not initialised first and then redrawn: the builder's own
+    initialisation is poisoned away, see :func:`~pytest_zoo.building.poisoned_init`). A quantized
+    model is built for real, because quantizing needs the float weights it converts. The file is
+    written atomically: a failed save leaves no half-written checkpoint that a later run would try
+    to load.
+    """
+    quantized = case.task == "quantized"
+    with contextlib.nullcontext() if quantized else poisoned_init():
+        built = build_with_weights(case, structural=False, **kwargs)
+    state = built.checkpoint
+    if not quantized:
+        with torch.no_grad():
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    value.uniform_(-1.0, 1.0)
+    path = checkpoint_path(case.weights, torch_home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, lambda tmp: torch.save(state, tmp))
+    return state
+
+
+def load_pretrained_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> nn.Module:
+    """Call the builder with ``weights=W`` for real, under the network guard, in ``torch_home``.
+
+    The checkpoint must already be in ``torch_home`` (see :func:`fabricate_checkpoint`); any attempt
+    to download raises :class:`~pytest_zoo.netguard.NetworkAccessError` naming the URL.
+    """
+    return _load_offline(case, torch_home, **kwargs)[0]
+
+
+def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[nn.Module, Mapping[str, Any]]:
+    """:func:`load_pretrained_offline`, and the checkpoint as the builder read it from the file.
+
+    The builder's random initialisation is poisoned (NaN, at memset speed) rather than drawn: the
+    load overwrites it, and whatever it would not overwrite stays NaN instead of passing for loaded.
+    The checkpoint is memory-mapped, so the model and the file's pages are the only model-sized
+    memory: no read copy of the file sits beside them.
+    """
+    from ..guards.network import network_guard
+
+    expected = checkpoint_path(case.weights, torch_home)
+    read: list[tuple[str, object]] = []
+    original_load = torch.load
+
+    def load(f: Any, *args: Any, **kw: Any) -> Any:
+        if isinstance(f, (str, os.PathLike)):
+            kw.setdefault("mmap", True)
+        loaded = original_load(f, *args, **kw)
+        read.append((os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f), loaded))
+        return loaded
+
+    with (
+        network_guard(torch_home=torch_home) as guard,
+        mock.patch.object(torch, "load", load),
+        poisoned_init(),
+    ):
+        model = case.builder(weights=case.weights, **kwargs)
+    if guard.attempts:
+        raise MetadataMismatch(f"{case.label}: loading tried the network: {guard.attempts}")
+    checkpoint = next(
+        (value for path, value in read if os.path.exists(path) and os.path.samefile(path, expected)), None
+    )
+    if not isinstance(checkpoint, Mapping):
+        raise MetadataMismatch(
+            f"{case.label}: the builder did not read the checkpoint at {expected} (files read: "
+            f"{[path for path, _ in read]}). Does it load weights from somewhere other than torch.hub's "
+            "cache?"
+        )
+    return model, checkpoint
+
+
+def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equal, where NaN equals NaN (a checkpoint may hold NaN layers on purpose)."""
+    if a.is_floating_point() and b.is_floating_point() and a.shape == b.shape:
+        return bool(torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
+    return torch.equal(a, b)
+
+
+def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
+    """Load pretrained for real, offline, then swap the head and freeze the backbone.
+
+    A checkpoint is fabricated into ``torch_home`` under the file name torch.hub expects; the
+    builder is called with ``weights=W`` inside the network guard; every tensor of the loaded model
+    must equal the fabricated one (so the file really was read). Then ``replace_head`` and
+    ``freeze_backbone`` must leave exactly the new head trainable, the total parameter count
+    must be ``num_params`` with the old head's share swapped for the new one's, and no parameter
+    or buffer may hold NaN or inf. Quantized weights
+    are loaded with ``quantize=True`` (their only valid use); a quantized model has no trainable
+    parameters, so for them the check ends with the load and an eval forward at the crop size.
+    """
+    from ..models import freezing, heads
+
+    kwargs: dict[str, Any] = {"quantize": True} if case.task == "quantized" else {}
+    # The session's cached build of this model is a third model-sized allocation beside the loaded
+    # model and the checkpoint's pages; the plugin runs a model's weights checks after its
+    # ZooConformance checks, so nothing is rebuilt for dropping it.
+    active_cache().release()
+    # Only the file is kept, not the fabricated tensors: the comparison is with what was read.
+    fabricate_checkpoint(case, torch_home, **kwargs)
+    model, fabricated = _load_offline(case, torch_home, **kwargs)
+    loaded = model.state_dict()
+    differing = [
+        key
+        for key, value in loaded.items()
+        if isinstance(value, torch.Tensor)
+        and not value.is_quantized
+        and key in fabricated
+        and not _identical(value, fabricated[key])
+    ]
+    # Quantized builders may convert after loading (MobileNetV3 loads QAT weights, then converts),
+    # so for them only the tensors that survived unchanged in name are compared.
+    unexpected = sorted(set(loaded) - set(fabricated)) if case.task != "quantized" else []
+    if differing or unexpected:
+        raise MetadataMismatch(
+            f"{case.label}: the loaded model does not hold the fabricated checkpoint "
+            f"{checkpoint_path(case.weights, torch_home)}: differing {differing[:5]}, "
+            f"not in the checkpoint {unexpected[:5]}"
+        )
+    if case.task == "quantized":
+        with torch.no_grad():
+            out = model.eval()(torch.rand(reference_inputs(case)[0].shape))
+        if tuple(out.shape) != (1, len(case.meta["categories"])):
+            raise MetadataMismatch(f"{case.label}: quantized output shape {tuple(out.shape)}")
+        return f"loaded {len(loaded)} tensors (quantized)"
+    adapter = heads.find_adapter(model)
+    if adapter is not None and adapter.no_head:
+        return f"loaded {len(loaded)} tensors; the model has no class head to swap"
+    old_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
+    heads.replace_head(model, num_classes)
+    counts = freezing.freeze_backbone(model)
+    new_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
+    expected_total = case.meta["num_params"] - old_head + new_head
+    if counts.trainable != new_head or counts.total != expected_total:
+        raise MetadataMismatch(
+            f"{case.label}, num_classes={num_classes}: after replace_head + freeze_backbone expected "
+            f"{new_head:,} trainable / {expected_total:,} total, found {counts}"
+        )
+    # Partial weights can leave NaN layers that a swap of the last one does not replace (VGG16's
+    # IMAGENET1K_FEATURES ships a NaN classifier): the fine-tuned model must hold finite values.
+    from ..conformance.training import nonfinite_state
+
+    finite = nonfinite_state(model)
+    if not finite.ok:
+        raise MetadataMismatch(f"{case.label}, after replace_head: " + "; ".join(finite.problems))
+    return f"loaded {len(loaded)} tensors; {counts}"
