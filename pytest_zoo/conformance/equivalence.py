@@ -201,8 +201,7 @@ def state_dict_round_trip(
                 if problems and mapped:
                     del fresh
                     fresh = fresh_model()
-                    # read anew: a state_dict once loaded with assign=True makes a later copying
-                    # load replace the module's parameters instead of copying into them (torch 2.14)
+                    # read anew: after an assign=True load, copying loads of it replace parameters
                     saved = torch.load(path, weights_only=True, mmap=True)
                     fresh.load_state_dict(saved, strict=True)
                     problems, details = compare_outputs(
