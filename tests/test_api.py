@@ -145,12 +145,11 @@ def test_lazy_exports_cover_all_names() -> None:
 
 def test_the_old_module_paths_still_import() -> None:
     """The README's and users' paths from before the package tree: each is the moved module's API."""
+    from pytest_zoo import snapshot, strategies, weights
     from pytest_zoo.building import builder_kwargs
     from pytest_zoo.checks import ConformanceFailure, ZooConformance
-    from pytest_zoo.deployment import DEPLOY_EXCEPTIONS
-
-    from pytest_zoo import snapshot, strategies, weights
     from pytest_zoo.conformance import checks
+    from pytest_zoo.deployment import DEPLOY_EXCEPTIONS
     from pytest_zoo.models.building import builder_kwargs as canonical
     from pytest_zoo.netguard import NetworkAccessError, network_guard
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import pytest_zoo.checks  # noqa: F401  (kept loaded: in-process pytester runs must see one ZooConformance)
 import torch
 from torch import nn
 
+import pytest_zoo.checks  # noqa: F401  (kept loaded: in-process pytester runs must see one ZooConformance)
 from pytest_zoo.models import heads, inference
 from pytest_zoo.models.building import build_model
 

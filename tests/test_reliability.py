@@ -12,13 +12,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import pytest_zoo.checks  # keeps one adapter registry across in-process pytester runs
 import torch  # imported here so that in-process pytester runs never re-import it
 import torchvision
 from torchvision.models import ResNet18_Weights
 from torchvision.models.detection import SSDLite320_MobileNet_V3_Large_Weights
 
 import pytest_zoo
+import pytest_zoo.checks  # keeps one adapter registry across in-process pytester runs
 from pytest_zoo.guards.network import NetworkAccessError, network_guard
 
 RESNET18_URL = ResNet18_Weights.IMAGENET1K_V1.url
