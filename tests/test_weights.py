@@ -221,6 +221,15 @@ def test_partial_weights_that_leave_a_nan_layer_fail_the_loading_check(
     case = next(c for c in W.weights_cases(["vgg11"]) if c.weights.name == "IMAGENET1K_V1")
     with pytest.raises(W.MetadataMismatch, match=r"hold NaN or inf, in 1 layers \(classifier\.0\)"):
         W.check_loading(case, tmp_path, 7)
+    assert not any(tmp_path.rglob("*.pth"))  # a failed check leaves no checkpoint behind either
+
+
+def test_the_loading_check_leaves_no_checkpoint_behind(tmp_path: Path) -> None:
+    """pytest keeps the last sessions' tmp_path directories: a checkpoint per enum over the zoo
+    filled a disk (41 GB) before the check removed its own."""
+    case = W.resolve_weights_id("squeezenet1_1-IMAGENET1K_V1")
+    assert "loaded" in W.check_loading(case, tmp_path, 7)
+    assert not any(tmp_path.rglob("*.pth"))
 
 
 def test_loading_without_a_checkpoint_is_a_network_error_naming_the_url(tmp_path: Path) -> None:

@@ -130,51 +130,57 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
     # model and the checkpoint's pages; the plugin runs a model's weights checks after its
     # ZooConformance checks, so nothing is rebuilt for dropping it.
     active_cache().release()
-    # Only the file is kept, not the fabricated tensors: the comparison is with what was read.
-    fabricate_checkpoint(case, torch_home, **kwargs)
-    model, fabricated = _load_offline(case, torch_home, **kwargs)
-    loaded = model.state_dict()
-    differing = [
-        key
-        for key, value in loaded.items()
-        if isinstance(value, torch.Tensor)
-        and not value.is_quantized
-        and key in fabricated
-        and not _identical(value, fabricated[key])
-    ]
-    # Quantized builders may convert after loading (MobileNetV3 loads QAT weights, then converts),
-    # so for them only the tensors that survived unchanged in name are compared.
-    unexpected = sorted(set(loaded) - set(fabricated)) if case.task != "quantized" else []
-    if differing or unexpected:
-        raise MetadataMismatch(
-            f"{case.label}: the loaded model does not hold the fabricated checkpoint "
-            f"{checkpoint_path(case.weights, torch_home)}: differing {differing[:5]}, "
-            f"not in the checkpoint {unexpected[:5]}"
-        )
-    if case.task == "quantized":
-        with torch.no_grad():
-            out = model.eval()(torch.rand(reference_inputs(case)[0].shape))
-        if tuple(out.shape) != (1, len(case.meta["categories"])):
-            raise MetadataMismatch(f"{case.label}: quantized output shape {tuple(out.shape)}")
-        return f"loaded {len(loaded)} tensors (quantized)"
-    adapter = heads.find_adapter(model)
-    if adapter is not None and adapter.no_head:
-        return f"loaded {len(loaded)} tensors; the model has no class head to swap"
-    old_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
-    heads.replace_head(model, num_classes)
-    counts = freezing.freeze_backbone(model)
-    new_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
-    expected_total = case.meta["num_params"] - old_head + new_head
-    if counts.trainable != new_head or counts.total != expected_total:
-        raise MetadataMismatch(
-            f"{case.label}, num_classes={num_classes}: after replace_head + freeze_backbone expected "
-            f"{new_head:,} trainable / {expected_total:,} total, found {counts}"
-        )
-    # Partial weights can leave NaN layers that a swap of the last one does not replace (VGG16's
-    # IMAGENET1K_FEATURES ships a NaN classifier): the fine-tuned model must hold finite values.
-    from ..conformance.training import nonfinite_state
+    # The checkpoint is the check's own scratch file: a full run fabricates one per weights enum
+    # (tens of GB over the zoo), and pytest keeps the last sessions' tmp_path directories.
+    path = checkpoint_path(case.weights, torch_home)
+    try:
+        # Only the file is kept, not the fabricated tensors: the comparison is with what was read.
+        fabricate_checkpoint(case, torch_home, **kwargs)
+        model, fabricated = _load_offline(case, torch_home, **kwargs)
+        loaded = model.state_dict()
+        differing = [
+            key
+            for key, value in loaded.items()
+            if isinstance(value, torch.Tensor)
+            and not value.is_quantized
+            and key in fabricated
+            and not _identical(value, fabricated[key])
+        ]
+        # Quantized builders may convert after loading (MobileNetV3 loads QAT weights, then converts),
+        # so for them only the tensors that survived unchanged in name are compared.
+        unexpected = sorted(set(loaded) - set(fabricated)) if case.task != "quantized" else []
+        if differing or unexpected:
+            raise MetadataMismatch(
+                f"{case.label}: the loaded model does not hold the fabricated checkpoint "
+                f"{checkpoint_path(case.weights, torch_home)}: differing {differing[:5]}, "
+                f"not in the checkpoint {unexpected[:5]}"
+            )
+        if case.task == "quantized":
+            with torch.no_grad():
+                out = model.eval()(torch.rand(reference_inputs(case)[0].shape))
+            if tuple(out.shape) != (1, len(case.meta["categories"])):
+                raise MetadataMismatch(f"{case.label}: quantized output shape {tuple(out.shape)}")
+            return f"loaded {len(loaded)} tensors (quantized)"
+        adapter = heads.find_adapter(model)
+        if adapter is not None and adapter.no_head:
+            return f"loaded {len(loaded)} tensors; the model has no class head to swap"
+        old_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
+        heads.replace_head(model, num_classes)
+        counts = freezing.freeze_backbone(model)
+        new_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
+        expected_total = case.meta["num_params"] - old_head + new_head
+        if counts.trainable != new_head or counts.total != expected_total:
+            raise MetadataMismatch(
+                f"{case.label}, num_classes={num_classes}: after replace_head + freeze_backbone expected "
+                f"{new_head:,} trainable / {expected_total:,} total, found {counts}"
+            )
+        # Partial weights can leave NaN layers that a swap of the last one does not replace (VGG16's
+        # IMAGENET1K_FEATURES ships a NaN classifier): the fine-tuned model must hold finite values.
+        from ..conformance.training import nonfinite_state
 
-    finite = nonfinite_state(model)
-    if not finite.ok:
-        raise MetadataMismatch(f"{case.label}, after replace_head: " + "; ".join(finite.problems))
-    return f"loaded {len(loaded)} tensors; {counts}"
+        finite = nonfinite_state(model)
+        if not finite.ok:
+            raise MetadataMismatch(f"{case.label}, after replace_head: " + "; ".join(finite.problems))
+        return f"loaded {len(loaded)} tensors; {counts}"
+    finally:
+        path.unlink(missing_ok=True)
