@@ -15,16 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..zoo.families import find_family
+from .meta import meta_fast_paths
 
 __all__ = [
     "accepts",
     "build_model",
     "builder_kwargs",
-    "meta_fast_paths",
     "poisoned_init",
     "real_init",
     "structural_init",
@@ -38,8 +37,9 @@ __all__ = [
 def structural_init(*, cpu_default: bool = True) -> Iterator[None]:
     """Within this context, new modules keep their parameters and buffers on the meta device.
 
-    Initialisers then run on meta tensors, which costs nothing, so even regnet_y_128gf (644M
-    parameters) builds in well under a second. ``cpu_default`` also makes CPU the default device
+    Initialisers then run on meta tensors, their repeated fills answered by
+    :func:`~pytest_zoo.models.meta.meta_fast_paths`, so even regnet_y_128gf (644M parameters)
+    builds in well under a second. ``cpu_default`` also makes CPU the default device
     for tensors created without one, for builders that compute with real values; leave it off
     around forward passes, where that ``torch.device`` mode intercepts every torch call and made
     meta forwards several times slower.
@@ -64,7 +64,7 @@ def structural_init(*, cpu_default: bool = True) -> Iterator[None]:
     nn.Module.register_buffer = to_meta_buffer  # type: ignore[method-assign]
     try:
         # small, real tensors for whatever the builder computes itself
-        with torch.device("cpu") if cpu_default else contextlib.nullcontext():
+        with torch.device("cpu") if cpu_default else contextlib.nullcontext(), meta_fast_paths():
             yield
     finally:
         nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
@@ -182,51 +182,6 @@ def _poison(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         with torch.no_grad():
             tensor.fill_(float("nan"))
     return tensor
-
-
-_batch_norm = F.batch_norm
-
-
-def _shape_only_batch_norm(
-    input: torch.Tensor,
-    running_mean: torch.Tensor | None,
-    running_var: torch.Tensor | None,
-    weight: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    training: bool = False,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-) -> torch.Tensor:
-    """``F.batch_norm`` for meta inputs: same shape checks, same autograd edges, no decomposition."""
-    if input.device.type != "meta":
-        return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    size = input.size()
-    if training and input.numel() // max(size[1], 1) <= 1:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-    channels = (1, -1) + (1,) * (input.dim() - 2)
-    for stat in (running_mean, running_var, weight, bias):
-        if stat is not None and stat.numel() != size[1]:
-            raise RuntimeError(
-                f"running_mean/var, weight and bias should have {size[1]} elements, not {stat.numel()}"
-            )
-    out = input * weight.reshape(channels) if weight is not None else input.clone()
-    return out + bias.reshape(channels) if bias is not None else out
-
-
-@contextlib.contextmanager
-def meta_fast_paths() -> Iterator[None]:
-    """Shape-only shortcuts for meta tensors where torch's meta path is slow Python.
-
-    Batch norm on meta tensors runs torch's Python decomposition, which was two thirds of a meta
-    forward through efficientnet_b7 or resnet152. The shortcut keeps what a structural check can
-    observe: the output shape, the channel-count and one-value-per-channel errors, and gradient
-    edges to the weight and bias; tensors on real devices take torch's own path.
-    """
-    F.batch_norm = _shape_only_batch_norm
-    try:
-        yield
-    finally:
-        F.batch_norm = _batch_norm
 
 
 def builder_kwargs(name: str, **overrides: Any) -> dict[str, Any]:

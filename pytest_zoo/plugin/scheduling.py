@@ -194,10 +194,10 @@ class ZooScheduling:
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
         if not (self.structural and zoo_model_of(item) is not None):
             return (yield)
-        from ..models.building import meta_fast_paths, structural_init
+        from ..models.building import structural_init
 
         try:
-            with structural_init(cpu_default=False), meta_fast_paths():
+            with structural_init(cpu_default=False):
                 return (yield)
         except Exception as error:
             missing = _missing_values(error)
