@@ -133,8 +133,8 @@ def _cache() -> ModuleType:
 
 
 @_exports("require_values")
-def _scheduling() -> ModuleType:
-    from .plugin import scheduling as module
+def _meta() -> ModuleType:
+    from .models import meta as module
 
     return module
 
@@ -160,7 +160,7 @@ if TYPE_CHECKING:
         unregister_adapter,
     )
     from .models.inference import HeadInferenceError, HeadInferredWarning, InferredHead, infer_head
-    from .plugin.scheduling import require_values
+    from .models.meta import require_values
     from .snapshot import Snapshot, collect_facts, diff_facts, load_snapshot
     from .weights import (
         DECLARED_EXCEPTIONS,

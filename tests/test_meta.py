@@ -45,6 +45,67 @@ def test_memoised_forward_and_backward_match_torchs_own_meta_kernels(name: str, 
     assert again == expected
 
 
+def _operands() -> dict[str, torch.Tensor]:
+    meta = {"device": "meta"}
+    return {
+        "x": torch.empty(2, 3, 4, 5, **meta),
+        "cl": torch.empty(2, 3, 4, 5, **meta).to(memory_format=torch.channels_last),
+        "t": torch.empty(2, 3, 4, 5, **meta).transpose(1, 3),
+        "w": torch.empty(3, 1, 1, **meta),
+        "i": torch.empty(2, 3, 4, 5, dtype=torch.int64, **meta),
+        "h": torch.empty(5, dtype=torch.float16, **meta),
+        "s": torch.empty((), dtype=torch.float64, **meta),
+        "shuffled": torch.empty(1, 2, 116, 1, 1, **meta).transpose(1, 2),  # also channels-last-3d
+        "half": torch.empty(1, 6, 1, 1, **meta)[:, :3],
+    }
+
+
+ELEMENTWISE = [
+    lambda o: o["x"] * o["w"],
+    lambda o: o["w"] + o["x"],
+    lambda o: o["cl"] * 2,
+    lambda o: o["cl"] + o["cl"],
+    lambda o: o["cl"] * o["w"],  # mixed layouts: torch's kernel decides
+    lambda o: o["t"].relu(),
+    lambda o: o["t"] + o["t"],  # neither contiguous nor channels-last: torch's kernel
+    lambda o: o["i"].bitwise_and(o["x"]),  # the CPU probe refuses, the meta kernel does not
+    lambda o: o["i"] / 2,
+    lambda o: o["i"] // 3,
+    lambda o: o["i"] + o["s"],
+    lambda o: o["x"] + o["h"],
+    lambda o: o["x"] > o["w"],
+    lambda o: torch.where(o["x"] > 0, o["x"], o["w"]),
+    lambda o: F.gelu(o["cl"]),
+    lambda o: o["i"].sigmoid(),
+    # shufflenet's channel shuffle at 1x1: a clone told its layout, on a tensor of size-1 dims
+    lambda o: o["shuffled"].contiguous(),
+    lambda o: o["shuffled"] + o["shuffled"],
+    lambda o: o["shuffled"].relu() * 2,
+    lambda o: o["half"] * o["w"],  # contiguous, with a size-1 batch dimension's odd stride
+    lambda o: o["half"].sigmoid(),
+    lambda o: o["x"].transpose(0, 1).clone(memory_format=torch.channels_last),
+]
+
+
+@pytest.mark.parametrize("expression", ELEMENTWISE, ids=range(len(ELEMENTWISE)))
+def test_elementwise_outputs_have_torchs_shape_strides_and_dtype(expression: object) -> None:
+    assert callable(expression)
+    expected = _layout(expression(_operands()))
+    meta._MEMO.clear()
+    with meta_fast_paths():
+        found = [_layout(expression(_operands())) for _ in range(2)]  # made, then replayed
+    assert found == [expected, expected]
+
+
+def test_elementwise_shape_errors_are_torchs() -> None:
+    other = torch.empty(4, device="meta")
+    with pytest.raises(RuntimeError) as plain:
+        _operands()["x"] + other
+    with meta_fast_paths(), pytest.raises(RuntimeError) as memoised:
+        _operands()["x"] + other
+    assert str(memoised.value) == str(plain.value)
+
+
 def test_a_call_that_raises_raises_every_time_with_torchs_message() -> None:
     x = torch.empty(2, 4, device="meta")
     with pytest.raises(RuntimeError) as plain:

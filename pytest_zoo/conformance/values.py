@@ -17,6 +17,7 @@ from torch import nn
 
 from ..models import building
 from ..models.cache import return_freed_memory
+from ..models.meta import require_values
 from ..zoo.families import InputSpec
 from . import deployment, strategies, training
 from . import task_io as tasks
@@ -65,13 +66,7 @@ def _value_check(
     """
     model = gate._model(name, device)
     io = tasks.task_io(name)
-    if device.type == "meta":
-        import pytest
-
-        pytest.skip(
-            f"{what} needs tensor values, which --zoo-device=meta does not have; run it with "
-            "--zoo-device=cpu (or cuda)"
-        )
+    require_values(device, what)
     reference = _reference(gate, name, model, device) if io.has_head else None
     spec = gate._spec(name, model)
 

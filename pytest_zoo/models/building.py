@@ -64,7 +64,7 @@ def structural_init(*, cpu_default: bool = True) -> Iterator[None]:
     nn.Module.register_buffer = to_meta_buffer  # type: ignore[method-assign]
     try:
         # small, real tensors for whatever the builder computes itself
-        with torch.device("cpu") if cpu_default else contextlib.nullcontext(), meta_fast_paths():
+        with _on_device("cpu") if cpu_default else contextlib.nullcontext(), meta_fast_paths():
             yield
     finally:
         nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
@@ -253,6 +253,16 @@ def build_model(
             model: nn.Module = get_model(name, **kwargs)
         return model
     values = real_init() if device is not None else contextlib.nullcontext()
-    with torch.device(device if device is not None else "cpu"), values:
+    with _on_device(device), values:
         model = get_model(name, **kwargs)
     return model
+
+
+def _on_device(device: torch.device | str | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.device(device)`` (CPU if ``None``), or nothing where that is the default already.
+
+    A ``torch.device`` mode intercepts every torch call of the build: in a structural sweep, where
+    every build is one, that was a fifth of the time.
+    """
+    target = torch.device(device if device is not None else "cpu")
+    return contextlib.nullcontext() if torch.get_default_device() == target else torch.device(target)

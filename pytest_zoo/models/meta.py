@@ -11,7 +11,9 @@ therefore answers a repeated call from a memo: a transformer's 24 identical bloc
 Hypothesis example at the same size, and the next model with the same layer shapes all get empty
 tensors of the recorded shape, strides and dtype, made in C++. The first call of each kind runs
 torch's own kernel, so every error it raises (a shape mismatch, a dtype it refuses) is raised as
-before, on every call that repeats it: a call that raised is never recorded.
+before, on every call that repeats it: a call that raised is never recorded. The one exception is
+an elementwise operator, whose first call follows the rules every elementwise kernel shares (see
+:func:`_elementwise_output`) where they leave no doubt, and torch's kernel everywhere else.
 
 What is never answered from the memo: operators whose outputs alias their inputs (views) or whose
 output shape depends on values, in-place operators other than elementwise ones and the fills
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 
-__all__ = ["meta_fast_paths"]
+__all__ = ["meta_fast_paths", "require_values"]
 
 _aten = torch.ops.aten
 
@@ -52,7 +54,7 @@ _FILLS = frozenset(
     }
 )
 
-_FRESH, _IN_PLACE, _UNCACHED = "fresh", "in-place", "uncached"
+_FRESH, _ELEMENTWISE, _IN_PLACE, _UNCACHED = "fresh", "elementwise", "in-place", "uncached"
 _SAME_TENSOR = "returns its first argument"
 
 #: Bounds the memo (a structural sweep of the whole zoo records tens of thousands of calls).
@@ -75,7 +77,7 @@ def _operator_kind(func: torch._ops.OpOverload) -> str:
         or torch.Tag.data_dependent_output in func.tags
     ):
         return _UNCACHED
-    return _FRESH
+    return _ELEMENTWISE if _elementwise(func) else _FRESH
 
 
 _KINDS: dict[torch._ops.OpOverload, str] = {}
@@ -86,14 +88,99 @@ _PLAIN = (bool, int, float, str, torch.dtype, torch.device, torch.memory_format,
 
 def _key(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        if value.device.type != "meta":
+        if not value.is_meta:
             raise _NotMemoisable
         return (value.shape, value.stride(), value.storage_offset(), value.dtype)
     if isinstance(value, (list, tuple)):
-        return tuple(_key(item) for item in value)
+        return tuple([_key(item) for item in value])
     if value is None or isinstance(value, _PLAIN):
         return (type(value), value)  # 1 and 1.0 and True are one dict key otherwise
     raise _NotMemoisable
+
+
+def _elementwise(func: torch._ops.OpOverload) -> bool:
+    """Whether an output of ``func`` can be made from the rules of elementwise operators.
+
+    Left out: seeded ones, whose dtype probe would draw from the CPU generator, and those told a
+    layout or device (``clone(memory_format=...)``), whose output follows that instead.
+    """
+    return (
+        torch.Tag.pointwise in func.tags
+        and torch.Tag.nondeterministic_seeded not in func.tags
+        and not any(argument.name in _LAYOUT_ARGUMENTS for argument in func._schema.arguments)
+    )
+
+
+_LAYOUT_ARGUMENTS = frozenset({"memory_format", "device", "layout", "pin_memory", "non_blocking"})
+
+
+def _one(value: Any) -> Any:
+    """A one-element CPU tensor of ``value``'s rank and dtype (ones: integer division is defined)."""
+    if isinstance(value, torch.Tensor):
+        return torch.ones((1,) * value.dim(), dtype=value.dtype)
+    return value
+
+
+def _broadcast(shapes: list[torch.Size]) -> torch.Size | None:
+    first = shapes[0]
+    if all(shape == first for shape in shapes):
+        return first
+    sizes = [1] * max(len(shape) for shape in shapes)
+    for shape in shapes:
+        for dim, size in enumerate(shape, len(sizes) - len(shape)):
+            if size != 1:
+                if sizes[dim] not in (1, size):
+                    return None  # torch's own kernel says how they mismatch
+                sizes[dim] = size
+    return torch.Size(sizes)
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """Non-overlapping and dense: the strides are a permutation of some contiguous layout's."""
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride(), strict=True), key=lambda d: d[1]):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return tensor.numel() > 0
+
+
+def _elementwise_output(
+    func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> torch.Tensor | None:
+    """An elementwise operator's meta output without its Python kernel; ``None`` where unsure.
+
+    The shape is the operands' broadcast shape; the dtype is what the same operator gives on
+    one-element CPU tensors of the operands' ranks and dtypes (torch's own promotion rules). The
+    layout follows TensorIterator's fast setup, which torch's meta kernels mirror: contiguous
+    where every operand is; where all have the output's shape, channels-last where all are, or
+    else the one dense layout they share, strides of size-1 dimensions included. Anything else,
+    a probe that raises included, is left to torch's kernel.
+    """
+    operands = [value for value in (*args, *kwargs.values()) if isinstance(value, torch.Tensor)]
+    full = [tensor for tensor in operands if tensor.dim()]
+    shape = _broadcast([tensor.shape for tensor in full]) if full else None
+    if shape is None or any(isinstance(value, (list, tuple)) for value in args):
+        return None
+    try:
+        probe = func(*[_one(value) for value in args], **{k: _one(v) for k, v in kwargs.items()})
+    except Exception:
+        return None
+    if not isinstance(probe, torch.Tensor):
+        return None
+    dtype = probe.dtype
+    if all(tensor.is_contiguous() for tensor in full):
+        return torch.empty(shape, dtype=dtype, device="meta")
+    if any(tensor.shape != shape for tensor in full):
+        return None  # broadcast operands in other layouts: torch's kernel orders the dimensions
+    if len(shape) == 4 and all(tensor.is_contiguous(memory_format=torch.channels_last) for tensor in full):
+        return torch.empty(shape, dtype=dtype, device="meta", memory_format=torch.channels_last)
+    stride = full[0].stride()
+    if all(tensor.stride() == stride for tensor in full) and _dense(full[0]):
+        # one dense layout, shared: the output keeps it
+        return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+    return None
 
 
 def _record(output: Any) -> Any:
@@ -140,7 +227,9 @@ class _MemoisedMeta(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torc
         record = _MEMO.get(key)
         if record is not None:
             return args[0] if record is _SAME_TENSOR else _replay(record)
-        output = func(*args, **kwargs)
+        output = _elementwise_output(func, args, kwargs) if kind == _ELEMENTWISE else None
+        if output is None:
+            output = func(*args, **kwargs)
         if len(_MEMO) >= _MAX_ENTRIES:
             _MEMO.clear()
         if kind == _IN_PLACE:
@@ -200,3 +289,19 @@ def meta_fast_paths() -> Iterator[None]:
             yield
     finally:
         F.batch_norm = _batch_norm
+
+
+def require_values(device: object, what: str) -> None:
+    """Skip the calling test when ``device`` is the meta device, saying why: ``what`` needs values.
+
+    For checks that compare numbers (loaded weights, fingerprints, NaNs): on ``--zoo-device=meta``
+    they cannot run, and a skip naming the reason up front beats a torch error after the work.
+    """
+    kind = getattr(device, "type", str(device).partition(":")[0])
+    if kind == "meta":
+        import pytest
+
+        pytest.skip(
+            f"{what} needs tensor values, which --zoo-device=meta does not have; "
+            "structural mode checks shapes only, run it with --zoo-device=cpu"
+        )

@@ -48,7 +48,6 @@ __all__ = [
     "ZooScheduling",
     "group_by_model",
     "make_scheduler",
-    "require_values",
     "share_cores",
     "worker_usage_error",
 ]
@@ -91,20 +90,6 @@ def _missing_values(error: BaseException) -> str | None:
             return text.splitlines()[0][:200] if text else type(current).__name__
         current = current.__cause__ or current.__context__
     return None
-
-
-def require_values(device: object, what: str) -> None:
-    """Skip the calling test when ``device`` is the meta device, saying why: ``what`` needs values.
-
-    For checks that compare numbers (loaded weights, fingerprints, NaNs): on ``--zoo-device=meta``
-    they cannot run, and a skip naming the reason beats a confusing torch error.
-    """
-    kind = getattr(device, "type", str(device).partition(":")[0])
-    if kind == "meta":
-        pytest.skip(
-            f"{what} needs tensor values, which --zoo-device=meta does not have; "
-            "structural mode checks shapes only, run it with --zoo-device=cpu"
-        )
 
 
 def _loaded_cache() -> ModuleType | None:
