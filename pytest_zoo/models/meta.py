@@ -67,8 +67,7 @@ class _NotMemoisable(Exception):
 
 def _operator_kind(func: torch._ops.OpOverload) -> str:
     schema = func._schema
-    out_variant = any(argument.is_out for argument in schema.arguments)
-    if func in _FILLS or (torch.Tag.pointwise in func.tags and schema.name.endswith("_") and not out_variant):
+    if func in _FILLS or _updates_values_of_self(func):
         return _IN_PLACE
     if (
         schema.is_mutable
@@ -78,6 +77,27 @@ def _operator_kind(func: torch._ops.OpOverload) -> str:
     ):
         return _UNCACHED
     return _ELEMENTWISE if _elementwise(func) else _FRESH
+
+
+def _updates_values_of_self(func: torch._ops.OpOverload) -> bool:
+    """An in-place operator that writes its first argument's values and nothing else.
+
+    ``inplace_view`` operators (``squeeze_``, ``transpose_``, ``resize_``) and ``_resize_output_``
+    change their argument's metadata, so a repeat must run again; ``hardswish_`` is not tagged
+    pointwise, hence the ``inplace`` tag rather than that one.
+    """
+    schema = func._schema
+    written = [
+        argument for argument in schema.arguments if argument.alias_info and argument.alias_info.is_write
+    ]
+    return (
+        torch.Tag.inplace in func.tags
+        and torch.Tag.inplace_view not in func.tags
+        and "resize" not in schema.name
+        and len(written) == 1
+        and written[0] is schema.arguments[0]
+        and len(schema.returns) == 1
+    )
 
 
 _KINDS: dict[torch._ops.OpOverload, str] = {}
