@@ -10,6 +10,7 @@ from typing import Any, TypeGuard
 import torch
 from torch import nn
 
+from ..models.meta import meta_fast_paths
 from .cases import (
     FILE_SIZE_TOLERANCE,
     OPS_TOLERANCE,
@@ -293,7 +294,7 @@ def check_min_size(case: WeightsCase) -> None:
             raise NotApplicable(f"{case.label}: no transform/backbone to run")
         model = trunk
     try:
-        with torch.no_grad():
+        with meta_fast_paths(), torch.no_grad():
             model(*inputs)
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
         raise case.mismatch(

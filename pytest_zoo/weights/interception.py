@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..models.building import structural_init
+from ..models.meta import meta_fast_paths
 from ..models.reference import PROBE, probe, state_shapes
 from .cases import OPS_REFERENCE_FRAMES, OPS_REFERENCE_SIDE, WeightsCase
 
@@ -176,6 +177,6 @@ def count_gflops(model: nn.Module, inputs: Sequence[Any]) -> float:
 
     model.eval()
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
+    with meta_fast_paths(), counter, torch.no_grad():  # the counter sees each call before the memo
         model(*inputs)
     return counter.get_total_flops() / 2 / 1e9
