@@ -10,13 +10,14 @@ from __future__ import annotations
 import gc
 import re
 import weakref
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 from pytest_zoo.models import building, freezing, heads
-from pytest_zoo.models.cache import HeadOracle, ModelCache, ModelState
+from pytest_zoo.models.cache import HeadOracle, ModelCache, ModelState, builder_oracle, reset_active_cache
 from pytest_zoo.models.stats import describe_stats
 
 
@@ -115,6 +116,30 @@ def test_head_oracle_falls_back_to_real_builds_when_a_shape_is_not_affine_in_n()
     assert oracle.shapes(5)["weight"] == (25, 2)
     assert oracle.shapes(6)["weight"] == (36, 2)
     assert oracle.builds == 4, "every class count after a refuted derivation is a real build"
+
+
+def test_weights_checks_reuse_the_gates_probe_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.models import resnet
+
+    from pytest_zoo.weights.cases import resolve_weights_id
+    from pytest_zoo.weights.interception import _class_dimensions
+
+    reset_active_cache()
+    assert builder_oracle("resnet18").head_names == {"fc.weight", "fc.bias"}  # the gate's probes
+    built: list[object] = []  # every ResNet constructed from here on, by its class count
+    init = resnet.ResNet.__init__
+
+    def counted(model: resnet.ResNet, *args: Any, **kwargs: Any) -> None:
+        built.append(kwargs["num_classes"])
+        init(model, *args, **kwargs)
+
+    monkeypatch.setattr(resnet.ResNet, "__init__", counted)
+    case = resolve_weights_id("resnet18-IMAGENET1K_V1")
+    assert sorted(_class_dimensions(case)) == [("fc.bias", 0, 1, 0), ("fc.weight", 0, 1, 0)]
+    assert built == [], "the weights checks built the probes again"
+    reset_active_cache()
+    _class_dimensions(case)
+    assert built == [3, 4], "alone, the weights checks build both probes"
 
 
 def test_describe_stats_reads_like_the_summary_line() -> None:

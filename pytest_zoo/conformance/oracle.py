@@ -7,18 +7,17 @@ and the adoption of an inferred head for a model no adapter knows.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..models import building, heads, inference
-from ..models.cache import active_cache
+from ..models.cache import active_cache, builder_oracle
 from ..models.freezing import NORM_TYPES
 from ..models.reference import (
     PROBE,
-    HeadOracle,
     Shapes,
     SwapTrace,
     architecture_mismatch,
@@ -78,7 +77,7 @@ def _builder_reference(gate: ZooConformance, name: str, model: nn.Module) -> _Re
     kwargs = reference_kwargs(name, model)
     call = ", ".join(["num_classes=n", *(f"{k}={v!r}" for k, v in sorted(kwargs.items()))])
     against = f"torchvision's {name}({call})"
-    oracle = _builder_oracle(name, kwargs)
+    oracle = builder_oracle(name, kwargs)
     mismatch = architecture_mismatch(state_shapes(model), oracle.shapes(PROBE), oracle.head_keys)
     if mismatch is not None:
         cls = type(gate).__qualname__
@@ -231,7 +230,7 @@ def _check_converted(
     gate: ZooConformance, name: str, model: nn.Module, n: int, example: tasks.Example
 ) -> None:
     # The kit built the converted model itself, with its own defaults: so is its reference.
-    oracle = _builder_oracle(name, {})
+    oracle = builder_oracle(name)
     expected = {k: v for k, v in oracle.shapes(n).items() if k in oracle.head_names}
     side = max(converted.CONVERTED_MIN_SIZE, *example.size)
     example = tasks.Example(min(example.batch, 2), (side, side), None, example.seed)
@@ -248,15 +247,6 @@ def _check_converted(
     ):
         if not report.ok:
             raise ConformanceFailure(render(context, problem, expected=report.expected, found=report.found))
-
-
-def _builder_oracle(name: str, kwargs: Mapping[str, Any]) -> HeadOracle:
-    """torchvision's ``name(num_classes=n, **kwargs)`` as a shape oracle, built structurally, cached."""
-    return active_cache().oracle(
-        ("builder", name, repr(sorted(kwargs.items()))),
-        lambda n: building.build_model(name, num_classes=n, structural=True, **kwargs),
-        group=name,
-    )
 
 
 def _is_builder(name: str) -> bool:

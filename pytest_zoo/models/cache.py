@@ -25,13 +25,14 @@ import dataclasses
 import functools
 import gc
 import weakref
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
+from . import building
 from .reference import HeadOracle
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "ModelCache",
     "ModelState",
     "active_cache",
+    "builder_oracle",
     "fingerprint",
     "reset_active_cache",
     "return_freed_memory",
@@ -292,6 +294,20 @@ def active_cache() -> ModelCache:
     if _ACTIVE is None:
         _ACTIVE = ModelCache()
     return _ACTIVE
+
+
+def builder_oracle(name: str, kwargs: Mapping[str, Any] | None = None) -> HeadOracle:
+    """torchvision's ``name(num_classes=n, **kwargs)`` as a shape oracle, built structurally.
+
+    Held with the model's other state, and one per builder configuration: the gate's head checks
+    and the weights checks of the same model ask the same two probe builds.
+    """
+    config = dict(kwargs or {})
+    return active_cache().oracle(
+        ("builder", name, repr(sorted(config.items()))),
+        lambda n: building.build_model(name, num_classes=n, structural=True, **config),
+        group=name,
+    )
 
 
 def reset_active_cache() -> CacheStats | None:

@@ -115,6 +115,10 @@ class HeadOracle:
             self._probes[n] = (state_shapes(model), parameter_shapes(model))
         return self._probes[n]
 
+    def probe_shapes(self) -> tuple[Shapes, Shapes]:
+        """The state_dict shapes at the two probe class counts, ``probe`` and ``probe + 1``."""
+        return dict(self._build(self.probe)[0]), dict(self._build(self.probe + 1)[0])
+
     @property
     def head_names(self) -> set[str]:
         """Names of the parameters whose shape depends on the class count: the head, by definition."""

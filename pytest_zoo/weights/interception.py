@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ..models.building import structural_init
+from ..models.cache import builder_oracle
 from ..models.meta import meta_fast_paths
-from ..models.reference import PROBE, probe, state_shapes
+from ..models.reference import PROBE
 from .cases import OPS_REFERENCE_FRAMES, OPS_REFERENCE_SIDE, WeightsCase
 
 # -- building with weights, without reading a checkpoint ------------------------------------------
@@ -85,24 +86,13 @@ def build_with_weights(case: WeightsCase, *, structural: bool = True, **kwargs: 
     return WithWeights(model=model, checkpoint=record[-1])
 
 
-_PROBES: dict[str, dict[int, dict[str, tuple[int, ...]]]] = {}
-
-
 def _probe_shapes(case: WeightsCase) -> dict[int, dict[str, tuple[int, ...]]]:
-    """State shapes of ``builder(weights=None, num_classes=n)`` at the two probe class counts."""
-    from ..models.building import builder_kwargs
+    """State shapes of ``builder(weights=None, num_classes=n)`` at the two probe class counts.
 
-    if case.model not in _PROBES:
-
-        def build(n: int) -> nn.Module:
-            kwargs = builder_kwargs(case.model, weights=None, num_classes=n)
-            with structural_init():
-                model: nn.Module = case.builder(**kwargs)
-            return model
-
-        low, high = probe(build, state_shapes, at=PROBE)
-        _PROBES[case.model] = {PROBE: low, PROBE + 1: high}
-    return _PROBES[case.model]
+    The probes of the model's builder oracle, which the gate's head checks build as well.
+    """
+    low, high = builder_oracle(case.model).probe_shapes()
+    return {PROBE: low, PROBE + 1: high}
 
 
 def _class_dimensions(case: WeightsCase) -> list[tuple[str, int, int, int]]:
