@@ -16,9 +16,9 @@ an elementwise operator, whose first call follows the rules every elementwise ke
 :func:`_elementwise_output`) where they leave no doubt, and torch's kernel everywhere else.
 
 What is never answered from the memo: operators whose outputs alias their inputs (views) or whose
-output shape depends on values, in-place operators other than elementwise ones and the fills
-(``resize_``, ``transpose_``, ... change their input's metadata), and any call with a tensor that is
-not on the meta device, whose values a kernel may read.
+output shape depends on values, in-place operators that change their input's metadata
+(``resize_``, ``transpose_``, ...), and any call with a tensor that is not on the meta device,
+whose values a kernel may read.
 """
 
 from __future__ import annotations
@@ -33,27 +33,6 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 
 __all__ = ["meta_fast_paths", "require_values"]
 
-_aten = torch.ops.aten
-
-#: In-place fills: what ``torch.nn.init`` runs on every parameter of a build. Their only effect
-#: on a meta tensor is the validation of their arguments (``normal_`` refuses ``std < 0``).
-_FILLS = frozenset(
-    {
-        _aten.normal_.default,
-        _aten.uniform_.default,
-        _aten.fill_.Scalar,
-        _aten.fill_.Tensor,
-        _aten.zero_.default,
-        _aten.bernoulli_.float,
-        _aten.exponential_.default,
-        _aten.random_.default,
-        _aten.random_.to,
-        _aten.log_normal_.default,
-        _aten.cauchy_.default,
-        _aten.geometric_.default,
-    }
-)
-
 _FRESH, _ELEMENTWISE, _IN_PLACE, _UNCACHED = "fresh", "elementwise", "in-place", "uncached"
 _SAME_TENSOR = "returns its first argument"
 
@@ -67,7 +46,7 @@ class _NotMemoisable(Exception):
 
 def _operator_kind(func: torch._ops.OpOverload) -> str:
     schema = func._schema
-    if func in _FILLS or _updates_values_of_self(func):
+    if _updates_values_of_self(func):
         return _IN_PLACE
     if (
         schema.is_mutable
@@ -81,6 +60,9 @@ def _operator_kind(func: torch._ops.OpOverload) -> str:
 
 def _updates_values_of_self(func: torch._ops.OpOverload) -> bool:
     """An in-place operator that writes its first argument's values and nothing else.
+
+    The initialisers' fills (``normal_``, ``uniform_``, ``zero_``, ...) among them: what
+    ``torch.nn.init`` runs on every parameter of a build.
 
     ``inplace_view`` operators (``squeeze_``, ``transpose_``, ``resize_``) and ``_resize_output_``
     change their argument's metadata, so a repeat must run again; ``hardswish_`` is not tagged
