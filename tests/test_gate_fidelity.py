@@ -93,7 +93,8 @@ def test_a_downstream_project_with_torchvision_defaults_passes(pytester: pytest.
     without aux heads), the project passes every check, with one build per model."""
     source = DOWNSTREAM.replace("models = MODELS", f"models = {DOWNSTREAM_MODELS!r}")
     result = run(pytester, source, "-k", "not weights_metadata")
-    result.assert_outcomes(passed=9 * len(DOWNSTREAM_MODELS))  # 4 shape checks, 5 value checks
+    # 4 shape checks, 5 value checks; test_pretrained_weights_reach_model skips (from scratch)
+    result.assert_outcomes(passed=9 * len(DOWNSTREAM_MODELS), skipped=len(DOWNSTREAM_MODELS))
     result.stdout.fnmatch_lines([f"*pytest-zoo cache: {len(DOWNSTREAM_MODELS)} model build(s)*"])
 
 
@@ -140,7 +141,7 @@ FUNCTIONAL = """
 def test_a_functional_head_swap_is_the_model_every_check_uses(pytester: pytest.Pytester) -> None:
     """Case 2: ``replace_head`` returns a new ``nn.Sequential(body, head)`` reusing the body."""
     result = run(pytester, FUNCTIONAL, "-k", "not weights_metadata")
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=10, skipped=1)
 
 
 def test_a_functional_swap_whose_freeze_freezes_the_new_head_fails(pytester: pytest.Pytester) -> None:
@@ -205,7 +206,7 @@ MULTI_LAYER = """
 def test_a_multi_layer_new_head_trains_whole(pytester: pytest.Pytester) -> None:
     """Case 3: only the last Linear follows the class count, but every new layer is head."""
     result = run(pytester, MULTI_LAYER, "-k", "not weights_metadata")
-    result.assert_outcomes(passed=9)
+    result.assert_outcomes(passed=9, skipped=1)
 
 
 def test_a_freeze_that_trains_only_the_last_layer_of_a_new_head_fails(pytester: pytest.Pytester) -> None:
@@ -355,7 +356,7 @@ OTHER_ZOO = """
 def test_another_zoos_model_under_a_torchvision_name_fails_once_saying_so(pytester: pytest.Pytester) -> None:
     """Case 6: timm's efficientnet_b0 is another network: one failure that says so, no hook blamed."""
     result = run(pytester, OTHER_ZOO.replace("ORACLE", ""), "-k", "not weights_metadata", "-v")
-    result.assert_outcomes(failed=1, passed=1, skipped=7)
+    result.assert_outcomes(failed=1, passed=1, skipped=8)
     result.stdout.fnmatch_lines(
         [
             "*efficientnet_b0: the model build_model returns is not torchvision's efficientnet_b0 "
@@ -374,7 +375,7 @@ def test_another_zoos_model_with_the_derived_reference_passes(pytester: pytest.P
     result = run(
         pytester, OTHER_ZOO.replace("ORACLE", "builder_oracle = False"), "-k", "not weights_metadata"
     )
-    result.assert_outcomes(passed=9)
+    result.assert_outcomes(passed=9, skipped=1)
 
 
 DERIVED = """
@@ -417,7 +418,7 @@ DERIVED = """
 def test_the_derived_reference_passes_a_correct_head_swap(pytester: pytest.Pytester) -> None:
     """Cases 8 and 10: a hook reads ``self.model_name``; ``InputSpec(fixed=16)`` alone is valid."""
     result = run(pytester, DERIVED.replace("CLASSES", "num_classes"), "-k", "not weights_metadata")
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=10, skipped=1)
 
 
 def test_the_derived_reference_does_not_learn_a_replace_head_that_ignores_num_classes(

@@ -22,6 +22,7 @@ import pytest_zoo.checks  # keeps one adapter registry across in-process pyteste
 from pytest_zoo.guards.network import NetworkAccessError, network_guard
 
 RESNET18_URL = ResNet18_Weights.IMAGENET1K_V1.url
+OTHER_URL = "https://example.org/models/other-0123abcd.pth"
 
 
 # -- network guard -------------------------------------------------------------------------------
@@ -33,12 +34,13 @@ NETWORK_TESTS = f"""
     ZOO = pytest.mark.parametrize("zoo_model_name", ["resnet18"])
 
     @ZOO
-    def test_builder_with_weights(zoo_model_name):
-        torchvision.models.resnet18(weights="DEFAULT")
+    def test_builder_with_weights(zoo_model_name):  # torchvision's own weights are served
+        model = torchvision.models.resnet18(weights="DEFAULT")
+        assert torch.equal(model.fc.bias, torch.hub.load_state_dict_from_url("{RESNET18_URL}")["fc.bias"])
 
     @ZOO
     def test_hub_download(zoo_model_name):
-        torch.hub.load_state_dict_from_url("{RESNET18_URL}")
+        torch.hub.load_state_dict_from_url("{OTHER_URL}")
 
     @ZOO
     def test_urlopen(zoo_model_name):
@@ -61,7 +63,7 @@ NETWORK_TESTS = f"""
     def test_torch_home_is_private(zoo_model_name):
         home = os.environ["TORCH_HOME"]
         assert home != os.environ["REAL_TORCH_HOME"]
-        assert torch.hub.get_dir().startswith(home)
+        assert not torch.hub.get_dir().startswith(os.environ["REAL_TORCH_HOME"])  # the served hub
         os.makedirs(os.path.join(home, "hub", "checkpoints"))  # writing there is fine
 
     @ZOO
@@ -84,14 +86,12 @@ def test_network_access_fails_zoo_tests_with_the_url_and_real_torch_home_is_unto
     monkeypatch.setenv("REAL_TORCH_HOME", str(real_home))
     pytester.makepyfile(NETWORK_TESTS)
     result = pytester.runpytest()
-    result.assert_outcomes(passed=3, failed=5)
+    result.assert_outcomes(passed=4, failed=4)
     blocked = "E *NetworkAccessError: pytest-zoo blocked network access:"
     result.stdout.fnmatch_lines(
         [
-            "*_ test_builder_with_weights[[]resnet18[]] _*",
-            f"{blocked} torch.hub download of {RESNET18_URL} (to */hub/checkpoints/*",
             "*_ test_hub_download[[]resnet18[]] _*",
-            f"{blocked} torch.hub download of {RESNET18_URL} *",
+            f"{blocked} torch.hub download of {OTHER_URL} (to */hub/checkpoints/*",
             "*_ test_urlopen[[]resnet18[]] _*",
             f"{blocked} urlopen https://example.org/zoo/weights.pth.*",
             "*_ test_socket[[]resnet18[]] _*",

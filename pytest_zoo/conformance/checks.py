@@ -20,8 +20,9 @@ drawn inputs, the hook and where it is defined, expected vs found, the defect, h
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -33,7 +34,7 @@ from ..models.cache import active_cache
 from ..models.freezing import NormPolicy
 from ..models.reference import class_dependent_parameters
 from ..zoo.families import InputSpec
-from . import deployment, oracle, strategies, structural, values
+from . import deployment, factory, loadlog, oracle, pretrained, strategies, structural, values
 from .failures import ConformanceFailure
 from .task_io import named_outputs
 
@@ -72,6 +73,14 @@ class ZooConformance:
     #: The deployment paths :meth:`test_deployability` checks: any of ``"export"``, ``"compile"``,
     #: ``"script"``, ``"fx"``. Empty by default: deployability is the most expensive check.
     deploy: ClassVar[Sequence[deployment.Method]] = ()
+    #: Whether the build loads pretrained weights: :meth:`test_pretrained_weights_reach_model` then
+    #: fails a build that requests none (a build that requests some is checked either way).
+    pretrained: ClassVar[bool] = False
+    #: fnmatch patterns of backbone parameters the recipe re-initialises after loading, on purpose.
+    reinitialised: ClassVar[Sequence[str]] = ()
+    #: A factory, ``create_model(self, name, num_classes)`` returning the ready model (built, loaded,
+    #: frozen, head swapped), instead of the three hooks (see :mod:`.factory`).
+    create_model: Callable[..., nn.Module] | None = None
     #: The zoo name of the model being checked, set before any hook runs, so hooks that need the
     #: architecture (a per-architecture cut point) need not tag the model.
     model_name: str = ""
@@ -83,6 +92,8 @@ class ZooConformance:
         # Deployability is opt-in: the check exists in the classes that name what to deploy.
         if cls.deploy and "test_deployability" not in vars(cls):
             cls.test_deployability = cls._check_deployability  # type: ignore[attr-defined]
+        if vars(cls).get("create_model") is not None:
+            factory.adopt_factory(cls)
 
     # -- hooks: override these with your own model-building code -------------------------------
 
@@ -129,10 +140,10 @@ class ZooConformance:
         self.model_name = name
 
         def build() -> nn.Module:
-            if device.type != "meta":
-                return self.build_model(name).to(device)
-            with building.structural_init():
-                return self.build_model(name).to(device)
+            log = loadlog.LoadLog()  # what it reads and loads, for test_pretrained_weights_reach_model
+            structural = building.structural_init() if device.type == "meta" else contextlib.nullcontext()
+            with loadlog.recording(log, "build_model"), structural:
+                return loadlog.remember_build(self.build_model(name).to(device), log)
 
         model = active_cache().get((type(self), name, str(device)), build, group=name)
         self._adopt_head(name, model)
@@ -263,3 +274,9 @@ class ZooConformance:
     def test_default_weights_metadata(self, zoo_model_name: str) -> None:
         """The DEFAULT weights enum describes the model the builder makes; nothing is downloaded."""
         values.default_weights_metadata(self, zoo_model_name)
+
+    def test_pretrained_weights_reach_model(self, zoo_model_name: str, zoo_device: torch.device) -> None:
+        """After the hooks every backbone tensor equals the checkpoint the build was served, bit for
+        bit (the head, the layers ``replace_head`` introduced and :attr:`reinitialised` excepted);
+        a mismatch is counted, blamed on a hook and explained. Skipped for a from-scratch build."""
+        pretrained.pretrained_weights_reach_model(self, zoo_model_name, zoo_device)

@@ -39,7 +39,12 @@ def _expect(condition: bool, message: Callable[[], str]) -> None:
 
 
 def hook_origin(obj: object, hook: str) -> str:
-    """``Class.hook (file:line)`` for the implementation a check actually called."""
+    """``Class.hook (file:line)`` for the implementation a check actually called.
+
+    In a factory gate the three hooks are the factory's: the origin is ``create_model``'s.
+    """
+    if hook in ("build_model", "replace_head", "freeze_backbone") and getattr(obj, "create_model", None):
+        return f"{hook_origin(obj, 'create_model')}, the factory"
     for cls in type(obj).__mro__:
         if hook in vars(cls):
             function = inspect.unwrap(vars(cls)[hook])

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..models.cache import active_cache
-from ..models.reference import SwapTrace, tensor_names, trace_swap
+from ..models.reference import SwapTrace, state_shapes, tensor_names, trace_swap
 from .failures import ConformanceFailure, FailureContext, exception_defects, hook_origin, render
 
 if TYPE_CHECKING:
-    from .checks import ZooConformance
+    from .gate import Gate
 
 
-def _fresh(gate: ZooConformance, model: nn.Module) -> nn.Module:
+def _fresh(gate: Gate, model: nn.Module) -> nn.Module:
     """``model`` back in its as-built state (head, flags, buffers, hooks) for the next example.
 
     Use the returned model: a model whose weights were changed in place is rebuilt instead.
@@ -24,9 +24,9 @@ def _fresh(gate: ZooConformance, model: nn.Module) -> nn.Module:
     return active_cache().restore(model)
 
 
-def _swap(gate: ZooConformance, model: nn.Module, n: int) -> tuple[nn.Module, SwapTrace]:
+def _swap(gate: Gate, model: nn.Module, n: int) -> tuple[nn.Module, SwapTrace]:
     """Run the ``replace_head`` hook; the model it returns, and what it kept and introduced."""
-    before = tensor_names(model)
+    before, shapes = tensor_names(model), state_shapes(model)
     returned = gate.replace_head(model, n)
     gate._swapped_in_place = returned is None
     if returned is not None and not isinstance(returned, nn.Module):
@@ -35,17 +35,17 @@ def _swap(gate: ZooConformance, model: nn.Module, n: int) -> tuple[nn.Module, Sw
             "to use from now on (or None after an in-place swap)"
         )
     swapped = model if returned is None else returned
-    return swapped, trace_swap(before, swapped)
+    return swapped, trace_swap(before, swapped, shapes)
 
 
-def _freeze(gate: ZooConformance, model: nn.Module) -> nn.Module:
+def _freeze(gate: Gate, model: nn.Module) -> nn.Module:
     """Run the ``freeze_backbone`` hook; a hook that returns a model hands that one on."""
     returned: object = gate.freeze_backbone(model)  # type: ignore[func-returns-value]
     return returned if isinstance(returned, nn.Module) else model
 
 
 def _hooked(
-    gate: ZooConformance, model: nn.Module, n: int, *, has_head: bool, freeze: bool
+    gate: Gate, model: nn.Module, n: int, *, has_head: bool, freeze: bool
 ) -> tuple[nn.Module, SwapTrace]:
     """``replace_head`` (then ``freeze_backbone``) on ``model``, as the checks that train run
     them; a model without a class head (RAFT) is used as it is."""
@@ -55,9 +55,7 @@ def _hooked(
     return (_freeze(gate, swapped) if freeze else swapped), trace
 
 
-def _swap_steps(
-    gate: ZooConformance, name: str, n: int, *, freeze: bool = False, tail: str = ""
-) -> list[str]:
+def _swap_steps(gate: Gate, name: str, n: int, *, freeze: bool = False, tail: str = "") -> list[str]:
     """The reproduce lines that rebuild what a check ran, as the hooks were actually used."""
     if getattr(gate, "_swapped_in_place", False):
         lines = [f"model = t.build_model({name!r}); t.replace_head(model, {n})"]
@@ -69,7 +67,7 @@ def _swap_steps(
 
 
 def _context(
-    gate: ZooConformance,
+    gate: Gate,
     name: str,
     hook: str,
     *,
@@ -87,7 +85,7 @@ def _context(
 
 
 @contextlib.contextmanager
-def _raises_as_failure(gate: ZooConformance, context: FailureContext, step: str) -> Iterator[None]:
+def _raises_as_failure(gate: Gate, context: FailureContext, step: str) -> Iterator[None]:
     """Turn an exception from a hook or a forward pass into a failure with the full context."""
     try:
         yield

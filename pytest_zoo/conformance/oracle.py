@@ -34,18 +34,18 @@ from .hooks import _context, _fresh, _raises_as_failure, _swap, _swap_steps
 from .plan import _Plan, _Reference
 
 if TYPE_CHECKING:
-    from .checks import ZooConformance
+    from .gate import Gate
 
 
 #: (gate class, model name) -> the test that reported an architecture mismatch, so it fails once.
 _MISMATCH_REPORTED: dict[tuple[type, str], str] = {}
 
 
-def _uses_builder(gate: ZooConformance, name: str) -> bool:
+def _uses_builder(gate: Gate, name: str) -> bool:
     return gate.builder_oracle and _is_builder(name)
 
 
-def _reference(gate: ZooConformance, name: str, model: nn.Module, device: torch.device) -> _Reference:
+def _reference(gate: Gate, name: str, model: nn.Module, device: torch.device) -> _Reference:
     """The one reference for ``name``, matched to ``model`` (the hook's as-built model), cached.
 
     With torchvision's builder: built with the configuration read back from ``model``, and
@@ -72,7 +72,7 @@ def _reference(gate: ZooConformance, name: str, model: nn.Module, device: torch.
     return reference
 
 
-def _builder_reference(gate: ZooConformance, name: str, model: nn.Module) -> _Reference | str:
+def _builder_reference(gate: Gate, name: str, model: nn.Module) -> _Reference | str:
     """torchvision's ``builder(num_classes=n, **configuration of model)``, or why it can't be."""
     kwargs = reference_kwargs(name, model)
     call = ", ".join(["num_classes=n", *(f"{k}={v!r}" for k, v in sorted(kwargs.items()))])
@@ -96,7 +96,7 @@ def _builder_reference(gate: ZooConformance, name: str, model: nn.Module) -> _Re
     return _Reference(oracle.shapes, frozenset(oracle.head_keys), frozenset(oracle.head_names), against)
 
 
-def _derived_reference(gate: ZooConformance, name: str, model: nn.Module) -> _Reference:
+def _derived_reference(gate: Gate, name: str, model: nn.Module) -> _Reference:
     """Head shapes from ``replace_head`` at two class counts; every other size as built.
 
     Each dimension that changes between the probes follows that line (``n``, ``4 * n`` for
@@ -147,9 +147,7 @@ def _derived_reference(gate: ZooConformance, name: str, model: nn.Module) -> _Re
     return _Reference(expected, frozenset(head_keys), head_names, "the hook-derived oracle")
 
 
-def _plan(
-    gate: ZooConformance, name: str, reference: _Reference, swapped: nn.Module, trace: SwapTrace
-) -> _Plan:
+def _plan(gate: Gate, name: str, reference: _Reference, swapped: nn.Module, trace: SwapTrace) -> _Plan:
     """Which parameters of ``swapped`` must train, and which norm layers are the backbone's."""
     params = [k for k, _ in swapped.named_parameters()]
     head = {k for k in params if k in trace.introduced or trace.original(k) in reference.head_names}
@@ -168,14 +166,14 @@ def _plan(
     return _Plan(frozenset(must), norms, affine, head_only=must == class_dependent_only)
 
 
-def _aux_heads(gate: ZooConformance, name: str, model: nn.Module) -> tuple[str, ...]:
+def _aux_heads(gate: Gate, name: str, model: nn.Module) -> tuple[str, ...]:
     family = find_family(name)
     adapter = heads.find_adapter(model)
     found = (family.aux_heads if family else ()) + (adapter.aux_heads if adapter else ())
     return tuple(dict.fromkeys(found))
 
 
-def _expect_no_head(gate: ZooConformance, name: str, model: nn.Module) -> None:
+def _expect_no_head(gate: Gate, name: str, model: nn.Module) -> None:
     """A model without a class head (RAFT): its adapter says so, and the hooks refuse clearly.
 
     ``replace_head`` and ``freeze_backbone`` must raise :class:`~pytest_zoo.heads.NoHeadError`
@@ -214,7 +212,7 @@ def _expect_no_head(gate: ZooConformance, name: str, model: nn.Module) -> None:
         )
 
 
-def _converted(gate: ZooConformance, name: str) -> nn.Module | None:
+def _converted(gate: Gate, name: str) -> nn.Module | None:
     """A ``quantized_*`` builder's converted model (``quantize=True``), built once per test, on CPU.
 
     Conversion needs real values (it calibrates on one image), so it has no structural form.
@@ -226,9 +224,7 @@ def _converted(gate: ZooConformance, name: str) -> nn.Module | None:
     return building.build_model(name, quantize=True, device="cpu")
 
 
-def _check_converted(
-    gate: ZooConformance, name: str, model: nn.Module, n: int, example: tasks.Example
-) -> None:
+def _check_converted(gate: Gate, name: str, model: nn.Module, n: int, example: tasks.Example) -> None:
     # The kit built the converted model itself, with its own defaults: so is its reference.
     oracle = builder_oracle(name)
     expected = {k: v for k, v in oracle.shapes(n).items() if k in oracle.head_names}
@@ -277,7 +273,7 @@ def _same_design(found: Shapes, expected: Shapes, head_paths: Iterable[str]) -> 
     return strict_found, strict_expected, own_design
 
 
-def adopt_head(gate: ZooConformance, name: str, model: nn.Module) -> None:
+def adopt_head(gate: Gate, name: str, model: nn.Module) -> None:
     """The fallback for a class no adapter knows: infer its head, verify it, say so in the report.
 
     Only when a default hook needs an adapter (a user's own ``replace_head``/``freeze_backbone``

@@ -60,10 +60,10 @@ class NetworkGuard:
         """Record an attempt and build the error to raise for it."""
         self.attempts.append(what)
         return NetworkAccessError(
-            f"pytest-zoo blocked network access: {what}. Zoo tests run offline: the kit builds "
-            "with weights=None and weights_backbone=None. To test real weights, put the checkpoint "
-            f"in TORCH_HOME/hub/checkpoints/ (here TORCH_HOME is the temporary {self.torch_home}) "
-            "or load the state_dict from a local file."
+            f"pytest-zoo blocked network access: {what}. Zoo tests run offline: torchvision's own "
+            "checkpoints are served from local files (fabricated, or your real ones from the "
+            "directories named by ini zoo_checkpoints or PYTEST_ZOO_CHECKPOINTS); anything else must "
+            f"be loaded from a local file (TORCH_HOME is the temporary {self.torch_home})."
         )
 
     def _is_loopback(self, host: object) -> bool:

@@ -202,8 +202,13 @@ def architecture_mismatch(
     """``None`` when ``found`` (the user's as-built model) is ``reference``'s architecture.
 
     Class-dependent tensors (``head_keys``) must exist in both, with any size: the user may have
-    built with another class count. Every other tensor must agree in name and shape.
+    built with another class count. Every other tensor must agree in name and shape, except a
+    BatchNorm's ``num_batches_tracked``: torchvision's detection builders swap BatchNorm2d for
+    FrozenBatchNorm2d (which has none) when they load weights, and the architecture is the same.
     """
+    counter = "num_batches_tracked"
+    found = {k: v for k, v in found.items() if not k.endswith(counter)}
+    reference = {k: v for k, v in reference.items() if not k.endswith(counter)}
     differences = [f"missing: {k} {reference[k]}" for k in sorted(reference.keys() - found.keys())]
     differences += [f"unexpected: {k} {found[k]}" for k in sorted(found.keys() - reference.keys())]
     common = found.keys() & reference.keys()
@@ -228,6 +233,8 @@ class SwapTrace:
 
     kept: dict[str, str]
     introduced: frozenset[str]
+    #: Whether ``replace_head`` returned a rebuilt model (no tensor kept by identity).
+    rebuilt: bool = False
 
     def original(self, key: str) -> str:
         """The as-built name of ``key``, or ``key`` itself for a tensor the hook created."""
@@ -246,16 +253,24 @@ def tensor_names(model: nn.Module) -> dict[int, str]:
     return names
 
 
-def trace_swap(before: Mapping[int, str], swapped: nn.Module) -> SwapTrace:
-    """Which tensors of ``swapped`` existed (under which name) before ``replace_head`` ran."""
+def trace_swap(before: Mapping[int, str], swapped: nn.Module, shapes: Shapes | None = None) -> SwapTrace:
+    """Which tensors of ``swapped`` existed (under which name) before ``replace_head`` ran.
+
+    A ``replace_head`` that returns a *rebuilt* model (a factory called again for ``n`` classes)
+    keeps no tensor by identity. Then ``shapes`` (the as-built model's :func:`state_shapes`)
+    decides: a tensor with a counterpart of the same name and shape there is the backbone, kept
+    under its name; the rest is new. A rebuild is no defect by itself; losing pretrained weights
+    in it is, and ``test_pretrained_weights_reach_model`` says so.
+    """
     kept: dict[str, str] = {}
     introduced: set[str] = set()
-    for name, tensor in swapped.named_parameters():
+    parameters = list(swapped.named_parameters())
+    rebuilt = shapes is not None and bool(parameters) and not any(id(t) in before for _, t in parameters)
+    for name, tensor in [*parameters, *swapped.named_buffers()]:
         if id(tensor) in before:
             kept[name] = before[id(tensor)]
-        else:
+        elif rebuilt and shapes is not None and shapes.get(name) == tuple(tensor.shape):
+            kept[name] = name
+        elif isinstance(tensor, nn.Parameter):
             introduced.add(name)
-    for name, buffer in swapped.named_buffers():
-        if id(buffer) in before:
-            kept[name] = before[id(buffer)]
-    return SwapTrace(kept, frozenset(introduced))
+    return SwapTrace(kept, frozenset(introduced), rebuilt)

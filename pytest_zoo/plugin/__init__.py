@@ -63,7 +63,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     from .reliability import ZooReliability
 
-    config.pluginmanager.register(ZooReliability(device), "pytest-zoo-reliability")
+    checkpoints = tuple(config.getini("zoo_checkpoints"))
+    config.pluginmanager.register(ZooReliability(device, checkpoints), "pytest-zoo-reliability")
     from .scheduling import ZooScheduling
 
     config.pluginmanager.register(ZooScheduling(config, structural=device == "meta"), "pytest-zoo-scheduling")

@@ -125,6 +125,13 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("zoo_snapshot", "upgrade snapshot file, relative to the ini file", default="")
     parser.addini("zoo_suite", "auto, yes or no: whether zoo_models runs the shipped suite", default="auto")
     parser.addini("zoo_report", "conformance report (Markdown; JSON beside it), relative to the ini file")
+    parser.addini(
+        "zoo_checkpoints",
+        "directories of real torchvision checkpoint files, searched by file name before a checkpoint "
+        "is fabricated (also: env PYTEST_ZOO_CHECKPOINTS)",
+        type="paths",
+        default=[],
+    )
 
 
 def _value(config: pytest.Config, name: str) -> tuple[str, str]:

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -32,6 +33,7 @@ from .report import collect_outcomes, model_properties, render_summary
 
 if TYPE_CHECKING:
     from ..guards.network import NetworkGuard
+    from ..weights.serving import PretrainedServer
 
 __all__ = ["ZooReliability", "zoo_model_of"]
 
@@ -119,9 +121,17 @@ _OUTCOME_EXCEPTIONS = (pytest.skip.Exception, pytest.fail.Exception, pytest.xfai
 class ZooReliability:
     """pytest hooks, registered once per session by the plugin's ``pytest_configure``."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, checkpoints: Sequence[Path] = ()) -> None:
         #: The device zoo tests run on, as resolved at configure time; used in failure messages.
         self.device = device
+        #: The user's directories of real checkpoint files (ini ``zoo_checkpoints``).
+        self.checkpoints = tuple(checkpoints)
+        #: Serves torchvision's checkpoints to every zoo test, from one temporary hub directory.
+        self.server: PretrainedServer | None = None
+
+    def pytest_unconfigure(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
     def _convert(self, exc: BaseException, model: str, phase: str) -> BaseException | None:
         """The exception to raise instead of ``exc`` (``None``: re-raise ``exc`` as it is)."""
@@ -176,6 +186,11 @@ class ZooReliability:
             stack = contextlib.ExitStack()
             # Loopback stays open: a local server a user's fixture runs is not "the network".
             guard = stack.enter_context(network_guard(allow_loopback=True))
+            from ..weights.serving import PretrainedServer
+
+            # torchvision's weights are served (fabricated, or the user's files); the rest is blocked.
+            self.server = self.server or PretrainedServer(self.checkpoints)
+            stack.enter_context(self.server.serve())
             item.stash[_GUARDED] = _Guarded(model, snapshot, guard, stack, _shared_fixtures(item))
         try:
             return (yield from self._isolated(item, "setup"))
@@ -229,7 +244,8 @@ class ZooReliability:
                 f"{guarded.model}: the test tried to reach the network during {report.when} and the "
                 "error was caught and ignored by the code under test:\n  "
                 + "\n  ".join(new)
-                + "\nZoo tests must run offline: build with weights=None (and weights_backbone=None)."
+                + "\nZoo tests must run offline: torchvision's weights are served from local files; "
+                "nothing else may be downloaded."
             )
         if call.when == "teardown":
             del item.stash[_GUARDED]

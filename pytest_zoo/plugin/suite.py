@@ -12,6 +12,9 @@ from ..weights import WeightsConformance
 class TestZoo(ZooConformance):
     """Every selected torchvision builder, built offline with the kit's adapters."""
 
+    # The kit builds from scratch (weights=None); test_load_pretrained covers torchvision's loading.
+    test_pretrained_weights_reach_model = None  # type: ignore[assignment]
+
 
 class TestZooWeights(WeightsConformance):
     """Every weights enum of the selected builders: metadata, transforms, and offline loading."""

@@ -4,7 +4,6 @@ builder inside a network guard, and checked (:func:`check_loading`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,11 +13,11 @@ from unittest import mock
 import torch
 from torch import nn
 
-from ..atomic import replace_atomically
 from ..models.building import poisoned_init
 from ..models.cache import active_cache
 from .cases import MetadataMismatch, WeightsCase
-from .interception import build_with_weights, reference_inputs
+from .interception import reference_inputs
+from .serving import write_fabricated
 
 # -- real loading, offline ------------------------------------------------------------------------
 
@@ -31,27 +30,11 @@ def checkpoint_path(weights: Any, torch_home: Path) -> Path:
 def fabricate_checkpoint(case: WeightsCase, torch_home: Path, **kwargs: Any) -> dict[str, torch.Tensor]:
     """Write a checkpoint for ``case`` under the file name torch.hub expects; return its contents.
 
-    The contents are the load-time ``state_dict`` of the model the builder makes with those weights:
-    exactly the keys, shapes and dtypes the builder will load, quantized ones included, with random
-    floating values (drawn once, not initialised first and then redrawn: the builder's own
-    initialisation is poisoned away, see :func:`~pytest_zoo.building.poisoned_init`). A quantized
-    model is built for real, because quantizing needs the float weights it converts. The file is
-    written atomically: a failed save leaves no half-written checkpoint that a later run would try
-    to load.
+    The same file a gate is served (:func:`~pytest_zoo.weights.serving.write_fabricated`): exactly
+    the keys, shapes and dtypes the builder will load, quantized ones included, with deterministic
+    values no initialiser produces, written atomically.
     """
-    quantized = case.task == "quantized"
-    with contextlib.nullcontext() if quantized else poisoned_init():
-        built = build_with_weights(case, structural=False, **kwargs)
-    state = built.checkpoint
-    if not quantized:
-        with torch.no_grad():
-            for value in state.values():
-                if isinstance(value, torch.Tensor) and value.is_floating_point():
-                    value.uniform_(-1.0, 1.0)
-    path = checkpoint_path(case.weights, torch_home)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomically(path, lambda tmp: torch.save(state, tmp))
-    return state
+    return write_fabricated(case, checkpoint_path(case.weights, torch_home), **kwargs)
 
 
 def load_pretrained_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> nn.Module:

@@ -1,0 +1,199 @@
+"""Pretrained weights, offline: every torchvision checkpoint a test asks for is served from a file.
+
+Fine-tuning code starts from ``get_model(name, weights="DEFAULT")``; a gate that could not run it
+would test every path but the one projects ship. Inside :meth:`PretrainedServer.serve` torch.hub's
+own ``load_state_dict_from_url`` runs unchanged (so does every torchvision caller of it: a builder's
+``weights``, a detection builder's default ``weights_backbone``, ``Weights.get_state_dict``), with
+one difference: where it would download a torchvision URL, the file is put in place instead,
+
+* from a directory of real checkpoints the user already has (:data:`CHECKPOINTS_ENV`, ini
+  ``zoo_checkpoints``), searched first, by file name; else
+* fabricated (:func:`write_fabricated`): the load-time ``state_dict`` of the model the builder makes
+  with those weights (exact keys, shapes and dtypes, quantized ones included), its values
+  deterministic (:func:`fabricated_values`), so a tensor the load never reached cannot pass for
+  loaded.
+
+The files live in one temporary hub directory per session (never the user's ``~/.cache/torch``),
+are fabricated once and deleted when the session ends; reads are memory-mapped, so a build costs
+the model and the file's pages, not a second copy. Any other URL still reaches the network guard.
+:func:`~pytest_zoo.weights.loading.fabricate_checkpoint` (``test_load_pretrained``) writes its
+files through the same function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+
+from ..atomic import replace_atomically
+from ..models.building import poisoned_init, real_init
+from .cases import WeightsCase
+
+__all__ = [
+    "CHECKPOINTS_ENV",
+    "PretrainedServer",
+    "case_for_url",
+    "checkpoint_dirs",
+    "fabricated_values",
+    "write_fabricated",
+]
+
+#: Directories of real checkpoint files (``os.pathsep``-separated), searched before fabricating.
+CHECKPOINTS_ENV = "PYTEST_ZOO_CHECKPOINTS"
+
+
+def checkpoint_dirs(configured: Sequence[str | os.PathLike[str]] = ()) -> tuple[Path, ...]:
+    """The directories searched for real checkpoint files: ``configured`` first, then the env var."""
+    from_env = [p for p in os.environ.get(CHECKPOINTS_ENV, "").split(os.pathsep) if p]
+    return tuple(Path(p).expanduser() for p in [*configured, *from_env])
+
+
+def fabricated_values(key: str, tensor: torch.Tensor) -> None:
+    """Fill ``tensor`` with the values the served checkpoint holds under ``key``, in place.
+
+    Seeded by the key alone, so every run (and every xdist worker) serves the same bits. No
+    initialiser produces them: norm scales and variances lie in [0.5, 1.5] (never the ones of a
+    fresh BatchNorm), biases and means in [-0.1, 0.1] (never its zeros), and weights are normal
+    with a 1/sqrt(fan_in) scale, which keeps eval-mode activations finite through a deep network.
+    """
+    generator = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    with torch.no_grad():
+        if tensor.dim() >= 2:
+            tensor.normal_(0.0, max(tensor[0].numel(), 1) ** -0.5, generator=generator)
+        elif key.endswith(("weight", "running_var")):
+            tensor.uniform_(0.5, 1.5, generator=generator)
+        else:
+            tensor.uniform_(-0.1, 0.1, generator=generator)
+
+
+def write_fabricated(case: WeightsCase, path: Path, **kwargs: Any) -> dict[str, torch.Tensor]:
+    """Write the fabricated checkpoint of ``case`` to ``path`` (atomically); return its contents.
+
+    The builder runs for real with ``weights=W`` while its checkpoint read is short-circuited, under
+    a NaN-poisoned initialisation (memset speed): the one extra model-sized allocation. Parameters,
+    running statistics and whatever the poison reached get :func:`fabricated_values`; buffers the
+    builder computed (position indices, coordinate tables) keep their real values. A quantized
+    model is converted for real (quantizing needs float weights), its values seeded once.
+    """
+    from .interception import build_with_weights
+
+    quantized = case.task == "quantized"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(real_init())  # even inside a structural (meta) build of the gate
+        stack.enter_context(torch.device("cpu"))
+        if quantized:
+            stack.enter_context(torch.random.fork_rng())
+            torch.manual_seed(0)
+            kwargs.setdefault("quantize", True)
+        else:
+            stack.enter_context(poisoned_init())
+        built = build_with_weights(case, structural=False, **kwargs)
+    state = built.checkpoint
+    if not quantized:
+        parameters = {name for name, _ in built.model.named_parameters()}
+        for key, value in state.items():
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                continue
+            if key in parameters or key.endswith(("running_mean", "running_var")) or value.isnan().any():
+                fabricated_values(key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, lambda tmp: torch.save(state, tmp))
+    return state
+
+
+@functools.cache
+def _cases_by_file() -> dict[str, WeightsCase]:
+    """Every torchvision weights enum member, by the file name torch.hub caches it under."""
+    from torchvision.models import list_models
+
+    from .cases import weights_cases
+
+    found: dict[str, WeightsCase] = {}
+    for case in weights_cases(list_models()):
+        found.setdefault(os.path.basename(str(case.weights.url)), case)
+    return found
+
+
+def case_for_url(url: str) -> WeightsCase | None:
+    """The torchvision weights a URL belongs to, or ``None`` for any other URL."""
+    return _cases_by_file().get(os.path.basename(url.split("?", 1)[0]))
+
+
+class PretrainedServer:
+    """One session's served checkpoints: a temporary hub directory, and the user's real files.
+
+    Hashable on purpose (pytest puts registered plugins in sets); :meth:`close` deletes the files.
+    """
+
+    def __init__(self, search: Sequence[str | os.PathLike[str]] = ()) -> None:
+        self.search = checkpoint_dirs(search)
+        self._home: Path | None = None
+        #: File name -> where it came from ("fabricated" or the user's path), for messages.
+        self.sources: dict[str, str] = {}
+
+    @property
+    def hub_dir(self) -> Path:
+        if self._home is None:
+            self._home = Path(tempfile.mkdtemp(prefix="pytest-zoo-pretrained-"))
+        return self._home / "hub"
+
+    def close(self) -> None:
+        if self._home is not None:
+            shutil.rmtree(self._home, ignore_errors=True)
+            self._home = None
+
+    def provide(self, url: str, dst: Path, fallback: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Put the checkpoint of ``url`` at ``dst``: the user's file, else a fabricated one."""
+        name = os.path.basename(url.split("?", 1)[0])
+        for directory in self.search:
+            real = directory / name
+            if real.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.symlink(real.resolve(), dst)
+                self.sources[name] = str(real)
+                return
+        case = case_for_url(url)
+        if case is None:
+            fallback(url, str(dst), *args, **kwargs)  # not torchvision's: the network guard decides
+            return
+        write_fabricated(case, dst)
+        self.sources[name] = "fabricated"
+
+    def is_served(self, path: object) -> bool:
+        """Whether ``path`` is a checkpoint file this server put in place."""
+        if not isinstance(path, (str, os.PathLike)) or self._home is None:
+            return False
+        return Path(path).parent == self.hub_dir / "checkpoints"
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[PretrainedServer]:
+        """torch.hub answers torchvision URLs from this server's files until the block exits."""
+        import torch.hub as hub
+
+        original_download = hub.download_url_to_file
+        original_load = torch.load
+
+        def download(url: str, dst: str, *args: Any, **kwargs: Any) -> None:
+            self.provide(url, Path(dst), original_download, *args, **kwargs)
+
+        def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.is_served(f) and self.sources.get(os.path.basename(os.fspath(f))) == "fabricated":
+                kwargs.setdefault("mmap", True)  # the user's files may predate the zip format
+            return original_load(f, *args, **kwargs)
+
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(mock.patch.object(hub, "_hub_dir", str(self.hub_dir)))
+            stack.enter_context(mock.patch.object(hub, "download_url_to_file", download))
+            stack.enter_context(mock.patch.object(torch, "load", load))
+            yield self
