@@ -132,6 +132,11 @@ class TestCorrect(ZooConformance):
             parameter.requires_grad_(name.startswith("fc."))
 
 
+class TestEnumByName(TestCorrect):
+    def build_model(self, name):
+        return get_model(name, weights="IMAGENET1K_V1")  # an enum member's name; the enum works alike
+
+
 class TestPrefix(TestCorrect):
     def build_model(self, name):
         model = get_model(name, weights=None)

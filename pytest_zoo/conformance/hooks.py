@@ -57,6 +57,8 @@ def _hooked(
 
 def _swap_steps(gate: Gate, name: str, n: int, *, freeze: bool = False, tail: str = "") -> list[str]:
     """The reproduce lines that rebuild what a check ran, as the hooks were actually used."""
+    if gate.create_model is not None:  # a factory gate: its factory is what to call
+        return [f"model = t.create_model({name!r}, {n})", *([tail] if tail else [])]
     if getattr(gate, "_swapped_in_place", False):
         lines = [f"model = t.build_model({name!r}); t.replace_head(model, {n})"]
     else:
