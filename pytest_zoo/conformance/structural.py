@@ -27,7 +27,7 @@ from .defects import (
     _on,
     _output_defects,
 )
-from .failures import ConformanceFailure, _expect, parameter_groups, render, shape_defects
+from .failures import ConformanceFailure, FailureContext, _expect, parameter_groups, render, shape_defects
 from .hooks import _context, _freeze, _fresh, _hooked, _raises_as_failure, _swap, _swap_steps
 from .oracle import (
     _aux_heads,
@@ -115,6 +115,7 @@ def forward_shape(
                 swapped, _ = _swap(gate, model, n)
         for mode, drawn in (("eval", eval_example), ("train", train_example)):
             train = mode == "train"
+            drawn = tasks.fit_example(drawn, swapped, spec, train=train)
             swapped.train(train)
             args, kwargs = io.inputs(swapped, drawn, n, zoo_device, train=train)
             built = _swap_steps(gate, name, n)[0] if io.has_head else f"model = t.build_model({name!r})"
@@ -241,12 +242,18 @@ def gradients_reach_head_only(
         for parameter in model.parameters():
             parameter.requires_grad_(True)
             parameter.grad = None
-        shape = drawn.shape
-        train = f"model.train(); outputs = model({io.describe(drawn)})  # then backward() through them all"
-        steps = _swap_steps(gate, name, n, freeze=True, tail=train)
-        context = _context(gate, name, "freeze_backbone", n=n, shape=shape, mode="train", steps=steps)
-        with _raises_as_failure(gate, context, "replace_head, freeze_backbone, forward and backward"):
+
+        def context() -> FailureContext:
+            train = (
+                f"model.train(); outputs = model({io.describe(drawn)})  # then backward() through them all"
+            )
+            steps = _swap_steps(gate, name, n, freeze=True, tail=train)
+            return _context(gate, name, "freeze_backbone", n=n, shape=drawn.shape, mode="train", steps=steps)
+
+        with _raises_as_failure(gate, context(), "replace_head, then freeze_backbone,"):
             swapped, trace = _hooked(gate, model, n, has_head=io.has_head, freeze=True)
+        drawn = tasks.fit_example(drawn, swapped, spec, train=True)
+        with _raises_as_failure(gate, context(), "replace_head, freeze_backbone, forward and backward"):
             must = (
                 _plan(gate, name, reference, swapped, trace)
                 if reference is not None
@@ -262,7 +269,7 @@ def gradients_reach_head_only(
         if with_grad != must.must_train:
             raise ConformanceFailure(
                 render(
-                    context,
+                    context(),
                     f"a backward pass through the outputs {outputs} reached the wrong parameters",
                     expected=f".grad on exactly the {len(must.must_train)} parameters that must train",
                     found=f".grad on {len(with_grad)}",
@@ -281,7 +288,7 @@ def gradients_reach_head_only(
             layers = sorted({k.rpartition(".")[0] for k in moved})
             raise ConformanceFailure(
                 render(
-                    context,
+                    context(),
                     f"the running statistics of {len(layers)} backbone normalisation layers moved during "
                     "one train-mode forward",
                     expected=f"{_describe_policy(gate.norm_policy)}: every backbone running_mean, "
