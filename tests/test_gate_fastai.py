@@ -19,6 +19,7 @@ import torch  # noqa: F401  (in-process pytester runs must not re-import torch)
 pytest.importorskip("fastai")
 
 FASTAI = """
+    import torch
     from torch import nn
     from torchvision import models
 
@@ -38,6 +39,9 @@ FASTAI = """
             return model_meta.get(getattr(models, self.model_name), {})
 
         def build_model(self, name):
+            # Whether the one BatchNorm bias's gradient rounds to exactly zero depends on the init
+            # (a rounding error of 1e-9 moves it); seed 2 gives exactly zero, as users report it.
+            torch.manual_seed(2)
             return models.get_model(name, weights=None)
 
         def replace_head(self, model, num_classes):
