@@ -65,6 +65,10 @@ class ZooConformance:
     #: checks verify exactly this (``NormPolicy(affine="trainable")`` for a ``train_bn`` recipe,
     #: ``NormPolicy(stats="frozen")`` for one whose running statistics must not move).
     norm_policy: ClassVar[NormPolicy] = NormPolicy()
+    #: Whether the head layers your ``replace_head`` installs have a bias. ``None``: as the builder's
+    #: (a ``nn.Linear(old.in_features, n, bias=False)`` where the builder's head has a bias fails
+    #: ``test_head_matches_builder``); ``False`` or ``True`` declares a recipe that drops or adds it.
+    head_bias: ClassVar[bool | None] = None
     #: fnmatch patterns of parameter names (as the model ``replace_head`` returns spells them)
     #: that must train besides the head the kit sees, e.g. ``("layer4.*",)`` for a recipe that
     #: fine-tunes the last stage too. Override :meth:`must_train` for anything a pattern can't say.

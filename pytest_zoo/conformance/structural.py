@@ -19,10 +19,13 @@ from ..models.cache import active_cache
 from ..models.reference import state_shapes
 from . import task_io as tasks
 from .defects import (
+    _bias_defects,
+    _bias_mismatches,
     _class_count,
     _describe_policy,
     _diff_shapes,
     _freeze_defects,
+    _layer_types,
     _norm_buffers,
     _on,
     _output_defects,
@@ -58,6 +61,7 @@ def head_matches_builder(
         return
     reference = _reference(gate, name, model, zoo_device)
     aux = _aux_heads(gate, name, model)
+    built = _layer_types(model, reference.head_paths())
 
     @zoo_hypothesis_settings
     @given(n=io.num_classes())
@@ -69,7 +73,24 @@ def head_matches_builder(
             swapped, trace = _swap(gate, model, n)
         context = _context(gate, name, "replace_head", n=n, steps=_swap_steps(gate, name, n))
         found = {trace.original(key): shape for key, shape in state_shapes(swapped).items()}
-        found, expected, own_design = _same_design(found, reference.shapes(n), reference.head_paths())
+        expected = reference.shapes(n)
+        judged, wrong = _bias_mismatches(swapped, built, found, expected, gate.head_bias)
+        if wrong:
+            raise ConformanceFailure(
+                render(
+                    context,
+                    f"a head layer of the builder's type, at the builder's place, differs in its bias "
+                    f"from {reference.against}",
+                    expected={p: f"bias={not has}" for p, has in sorted(wrong.items())},
+                    found={p: f"bias={has}" for p, has in sorted(wrong.items())},
+                    defects=_bias_defects(wrong, built, gate.head_bias, type(gate).__qualname__),
+                )
+            )
+        # Biases were judged above (as the builder's, or as declared): the rest compares as built.
+        bias = {f"{path}.bias" for path in judged}
+        found = {k: v for k, v in found.items() if k not in bias}
+        expected = {k: v for k, v in expected.items() if k not in bias}
+        found, expected, own_design = _same_design(found, expected, reference.head_paths())
         if found != expected:
             raise ConformanceFailure(
                 render(
