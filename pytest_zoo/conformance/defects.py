@@ -53,8 +53,11 @@ def _freeze_defects(found: set[str], plan: _Plan, trace: SwapTrace) -> list[str]
             "training them is your recipe (train_bn), declare it: "
             "norm_policy = NormPolicy(affine='trainable')"
         )
+    where = f" (the model's {plan.backbone.rstrip('.')} module)" if plan.backbone else ""
     if extra - norm_affine:
-        defects.append("backbone parameters other than BatchNorm are trainable: freeze_backbone missed them")
+        defects.append(
+            f"backbone parameters{where} other than BatchNorm are trainable: freeze_backbone missed them"
+        )
     if missing & norm_affine:
         defects.append(
             "the declared NormPolicy(affine='trainable') keeps the backbone's normalisation parameters "
@@ -64,6 +67,13 @@ def _freeze_defects(found: set[str], plan: _Plan, trace: SwapTrace) -> list[str]
         defects.append(
             "parameters replace_head introduced (the new head's layers) are frozen: freeze_backbone must "
             "leave every layer of the new head trainable"
+        )
+    elif missing - norm_affine and plan.backbone:
+        defects.append(
+            f"{len(missing - norm_affine)} parameters outside the model's {plan.backbone.rstrip('.')} module "
+            "are frozen (its "
+            "decoder, RPN or ROI heads, or its head): freeze only the backbone module, or, if training "
+            "the class layers alone is your recipe, declare backbone_module = None"
         )
     elif missing - norm_affine:
         defects.append("head parameters are frozen: freeze_backbone must leave every head layer trainable")
