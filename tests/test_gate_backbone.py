@@ -9,24 +9,18 @@ freeze is not. A classifier, which names no backbone, keeps "everything but the 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 
 import pytest
-import torch  # noqa: F401  (in-process pytester runs must not re-import torch)
 from torch import nn
 
 from pytest_zoo.models.building import build_model
 from pytest_zoo.models.freezing import backbone_prefix, freeze_backbone
 
-CHECKS = ("-k", "freeze_counts or gradients or training_step")
-
 SEGMENTATION = """
-    from torch import nn
-    from torchvision.models import get_model
-
-    from pytest_zoo import ZooConformance
-
-    class TestSegmentation(ZooConformance):
+    class SEGMENTER(ZooConformance):
         models = MODELS
         test_replace_head_keeps_dtype_and_device = None
         DECLARED
@@ -43,74 +37,8 @@ SEGMENTATION = """
             FREEZE
 """
 
-FREEZE_BACKBONE = "model.backbone.requires_grad_(False)"
-
-
-def run(pytester: pytest.Pytester, source: str, *args: str) -> pytest.RunResult:
-    pytester.makepyfile(test_gate=textwrap.dedent(source))
-    return pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "no:randomly", "--zoo-examples=2", *args
-    )
-
-
-def segmentation(models: tuple[str, ...], freeze: str = FREEZE_BACKBONE, declared: str = "") -> str:
-    source = SEGMENTATION.replace("MODELS", repr(models)).replace("FREEZE", freeze)
-    return source.replace("DECLARED", declared or "pass")
-
-
-@pytest.mark.parametrize("name", ["deeplabv3_resnet50", "fcn_resnet50"])
-def test_the_segmentation_recipe_that_freezes_model_backbone_passes(
-    pytester: pytest.Pytester, name: str
-) -> None:
-    result = run(pytester, segmentation((name,)), *CHECKS)
-    result.assert_outcomes(passed=3)
-
-
-def test_a_segmentation_recipe_that_forgets_to_freeze_the_backbone_fails(pytester: pytest.Pytester) -> None:
-    result = run(
-        pytester, segmentation(("fcn_resnet50",), "pass  # forgot the freeze"), "-k", "freeze_counts"
-    )
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        [
-            "*fcn_resnet50: the wrong parameters are trainable after freeze_backbone*",
-            "*hook:*freeze_backbone -> TestSegmentation.freeze_backbone (test_gate.py:*)",
-            "*should train but frozen: none*",
-            "*should be frozen but trainable:*(backbone.*",
-            "*defect:*BatchNorm affine parameters (weight/bias) are still trainable*",
-            "*backbone parameters (the model's backbone module) other than BatchNorm are trainable: "
-            "freeze_backbone missed them*",
-        ]
-    )
-
-
-def test_training_only_the_class_layers_of_a_segmentation_model_needs_declaring(
-    pytester: pytest.Pytester,
-) -> None:
-    """The old reading of "backbone" (everything but the class layers) is a recipe too, once declared."""
-    only_head = (
-        "for name, p in model.named_parameters():\n"
-        '                p.requires_grad = name.startswith(("classifier.4.", "aux_classifier.4."))'
-    )
-    undeclared = run(pytester, segmentation(("fcn_resnet50",), only_head), "-k", "freeze_counts")
-    undeclared.assert_outcomes(failed=1)
-    undeclared.stdout.fnmatch_lines(
-        [
-            "*parameters outside the model's backbone module are frozen (its decoder, RPN or ROI heads, or "
-            "its head)*declare backbone_module = None*"
-        ]
-    )
-    declared = run(pytester, segmentation(("fcn_resnet50",), only_head, "backbone_module = None"), *CHECKS)
-    declared.assert_outcomes(passed=3)
-
-
 DETECTION = """
-    from torchvision.models import get_model
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-
-    from pytest_zoo import ZooConformance
-
-    class TestDetection(ZooConformance):
+    class DETECTOR(ZooConformance):
         models = ("fasterrcnn_resnet50_fpn",)
         test_replace_head_keeps_dtype_and_device = None
         DECLARED
@@ -127,32 +55,155 @@ DETECTION = """
             model.FROZEN.requires_grad_(False)
 """
 
+IMPORTS = """
+    from torch import nn
+    from torchvision.models import get_model
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
-def detection(frozen: str, declared: str = "pass") -> str:
-    return DETECTION.replace("FROZEN", frozen).replace("DECLARED", declared)
+    from pytest_zoo import ZooConformance
+"""
+
+BOTH = ("deeplabv3_resnet50", "fcn_resnet50")
+ONLY_HEAD = (
+    "for name, p in model.named_parameters():\n"
+    '                p.requires_grad = name.startswith(("classifier.4.", "aux_classifier.4."))'
+)
+
+
+def segmenter(cls: str, models: tuple[str, ...], freeze: str, declared: str = "pass") -> str:
+    source = SEGMENTATION.replace("SEGMENTER", cls).replace("MODELS", repr(models))
+    return source.replace("FREEZE", freeze).replace("DECLARED", declared)
+
+
+def detector(cls: str, frozen: str, declared: str = "pass") -> str:
+    return DETECTION.replace("DETECTOR", cls).replace("FROZEN", frozen).replace("DECLARED", declared)
+
+
+#: Every gate class of this module's cases, in one test file: one session per device instead of
+#: one per case (each session pays for importing torchvision and building the ResNet-50s).
+GATES = "".join(
+    textwrap.dedent(part)
+    for part in (
+        IMPORTS,
+        segmenter("TestRecipe", BOTH, "model.backbone.requires_grad_(False)"),
+        segmenter("TestForgot", ("fcn_resnet50",), "pass  # forgot the freeze"),
+        segmenter("TestOnlyHead", ("fcn_resnet50",), ONLY_HEAD),
+        segmenter("TestOnlyHeadDeclared", ("fcn_resnet50",), ONLY_HEAD, "backbone_module = None"),
+        detector("TestDetection", "backbone"),
+        detector("TestDetectionBody", "backbone.body"),
+        detector("TestDetectionBodyDeclared", "backbone.body", 'backbone_module = "backbone.body"'),
+    )
+)
+
+
+def session(tmp_path_factory: pytest.TempPathFactory, *args: str) -> pytest.LineMatcher:
+    path = tmp_path_factory.mktemp("backbone")
+    (path / "test_gate.py").write_text(GATES)
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", "-rA", *args]
+    done = subprocess.run(command, cwd=path, capture_output=True, text=True, timeout=900, check=False)
+    return pytest.LineMatcher((done.stdout + done.stderr).splitlines())
+
+
+@pytest.fixture(scope="module")
+def structural(tmp_path_factory: pytest.TempPathFactory) -> pytest.LineMatcher:
+    """The shape checks, on the meta device: seconds for a ResNet-50 encoder."""
+    return session(
+        tmp_path_factory, "--zoo-device=meta", "--zoo-examples=2", "-k", "freeze_counts or gradients"
+    )
+
+
+@pytest.fixture(scope="module")
+def on_cpu(tmp_path_factory: pytest.TempPathFactory) -> pytest.LineMatcher:
+    """The training step needs values, and a detector's train-mode forward samples proposals, which
+    the meta device cannot: the correct recipes, on CPU, one example."""
+    return session(
+        tmp_path_factory,
+        "--zoo-examples=1",
+        "-k",
+        "(TestRecipe and training_step) or TestDetection and not Body",
+    )
+
+
+def test_the_segmentation_recipe_that_freezes_model_backbone_passes(
+    structural: pytest.LineMatcher, on_cpu: pytest.LineMatcher
+) -> None:
+    for name in BOTH:
+        structural.fnmatch_lines([f"PASSED test_gate.py::TestRecipe::test_freeze_counts[[]{name}[]]"])
+        structural.fnmatch_lines(
+            [f"PASSED test_gate.py::TestRecipe::test_gradients_reach_head_only[[]{name}[]]"]
+        )
+        on_cpu.fnmatch_lines([f"PASSED test_gate.py::TestRecipe::test_training_step[[]{name}[]]"])
+
+
+def test_a_segmentation_recipe_that_forgets_to_freeze_the_backbone_fails(
+    structural: pytest.LineMatcher,
+) -> None:
+    structural.fnmatch_lines(
+        [
+            "*fcn_resnet50: the wrong parameters are trainable after freeze_backbone*",
+            "*hook:*freeze_backbone -> TestForgot.freeze_backbone (test_gate.py:*)",
+            "*should train but frozen: none*",
+            "*should be frozen but trainable:*(backbone.*",
+            "*defect:*BatchNorm affine parameters (weight/bias) are still trainable*",
+            "*backbone parameters (the model's backbone module) other than BatchNorm are trainable: "
+            "freeze_backbone missed them*",
+        ]
+    )
+    structural.fnmatch_lines(["FAILED test_gate.py::TestForgot::test_freeze_counts[[]fcn_resnet50[]]*"])
+    structural.fnmatch_lines(
+        ["FAILED test_gate.py::TestForgot::test_gradients_reach_head_only[[]fcn_resnet50[]]*"]
+    )
+
+
+def test_training_only_the_class_layers_of_a_segmentation_model_needs_declaring(
+    structural: pytest.LineMatcher,
+) -> None:
+    """The old reading of "backbone" (everything but the class layers) is a recipe too, once declared."""
+    structural.fnmatch_lines(
+        [
+            "*hook:*freeze_backbone -> TestOnlyHead.freeze_backbone (test_gate.py:*)",
+            "*parameters outside the model's backbone module are frozen (its decoder, RPN or ROI heads, or "
+            "its head)*declare backbone_module = None*",
+        ]
+    )
+    structural.fnmatch_lines(["FAILED test_gate.py::TestOnlyHead::test_freeze_counts[[]fcn_resnet50[]]*"])
+    structural.fnmatch_lines(
+        ["PASSED test_gate.py::TestOnlyHeadDeclared::test_freeze_counts[[]fcn_resnet50[]]"]
+    )
+    structural.fnmatch_lines(
+        ["PASSED test_gate.py::TestOnlyHeadDeclared::test_gradients_reach_head_only[[]fcn_resnet50[]]"]
+    )
 
 
 def test_the_detection_recipe_that_freezes_model_backbone_trains_rpn_and_roi_heads(
-    pytester: pytest.Pytester,
+    structural: pytest.LineMatcher, on_cpu: pytest.LineMatcher
 ) -> None:
-    result = run(pytester, detection("backbone"), *CHECKS)
-    result.assert_outcomes(passed=3)
+    for check in ("freeze_counts", "gradients_reach_head_only", "training_step"):
+        on_cpu.fnmatch_lines(
+            [f"PASSED test_gate.py::TestDetection::test_{check}[[]fasterrcnn_resnet50_fpn[]]"]
+        )
+    structural.fnmatch_lines(
+        ["PASSED test_gate.py::TestDetection::test_freeze_counts[[]fasterrcnn_resnet50_fpn[]]"]
+    )
 
 
 def test_freezing_only_the_detection_backbones_body_is_judged_by_the_same_definition(
-    pytester: pytest.Pytester,
+    structural: pytest.LineMatcher,
 ) -> None:
     """The FPN is part of ``model.backbone``: left training, it is named, unless declared."""
-    undeclared = run(pytester, detection("backbone.body"), "-k", "freeze_counts")
-    undeclared.assert_outcomes(failed=1)
-    undeclared.stdout.fnmatch_lines(
+    structural.fnmatch_lines(
         [
+            "*hook:*freeze_backbone -> TestDetectionBody.freeze_backbone (test_gate.py:*)",
             "*should be frozen but trainable:*(backbone.fpn.*",
             "*backbone parameters (the model's backbone module) other than BatchNorm are trainable*",
         ]
     )
-    declared = run(pytester, detection("backbone.body", 'backbone_module = "backbone.body"'), *CHECKS)
-    declared.assert_outcomes(passed=3)
+    structural.fnmatch_lines(
+        ["FAILED test_gate.py::TestDetectionBody::test_freeze_counts[[]fasterrcnn_resnet50_fpn[]]*"]
+    )
+    structural.fnmatch_lines(
+        ["PASSED test_gate.py::TestDetectionBodyDeclared::test_freeze_counts[[]fasterrcnn_resnet50_fpn[]]"]
+    )
 
 
 # -- the kit's own freeze_backbone follows the same definition ---------------------------------------
