@@ -479,3 +479,76 @@ def test_input_spec_errors_say_how_to_write_it(kwargs: dict[str, object], messag
 def test_input_spec_fixed_alone_is_a_fixed_size() -> None:
     assert InputSpec(fixed=224).sizes() == (224, 224)
     assert InputSpec(min_size=32, multiple=16, span=32).sizes() == (32, 64)
+
+
+# -- the head's bias ------------------------------------------------------------------------------
+
+BIAS = """
+    from torch import nn
+    from torchvision.models import get_model
+
+    from pytest_zoo import ZooConformance
+
+    HEADS = {"resnet18": "fc", "maxvit_t": "classifier.5"}
+
+    class TestBias(ZooConformance):
+        models = MODELS
+
+        def build_model(self, name):
+            return get_model(name, weights=None)
+
+        def replace_head(self, model, num_classes):
+            parent, _, attr = HEADS[self.model_name].rpartition(".")
+            owner = model.get_submodule(parent) if parent else model
+            old = owner[int(attr)] if attr.isdigit() else getattr(owner, attr)
+            new = nn.Linear(old.in_features, num_classes, BIAS)
+            if attr.isdigit():
+                owner[int(attr)] = new
+            else:
+                setattr(owner, attr, new)
+            return model
+"""
+
+
+def bias_gate(models: tuple[str, ...], bias: str, declared: str = "") -> str:
+    source = BIAS.replace("MODELS", repr(models)).replace("BIAS)", bias + ")")
+    return source + (f"\n        head_bias = {declared}\n" if declared else "")
+
+
+def test_a_head_swap_that_drops_the_builders_bias_fails_naming_it(pytester: pytest.Pytester) -> None:
+    result = run(pytester, bias_gate(("resnet18",), "bias=False"), "-k", "head_matches", "--zoo-device=meta")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*resnet18: a head layer of the builder's type, at the builder's place, differs in its bias "
+            "from torchvision's resnet18(num_classes=n)*",
+            "*hook:*replace_head -> TestBias.replace_head (test_gate.py:*)",
+            "*expected:*{'fc': 'bias=True'}*",
+            "*found:*{'fc': 'bias=False'}*",
+            "*defect:*the head layer fc (nn.Linear) has no bias: fc.bias, which the builder's layer has, "
+            "is missing*declare head_bias = False on TestBias*",
+        ]
+    )
+
+
+def test_a_bias_free_head_passes_once_declared(pytester: pytest.Pytester) -> None:
+    result = run(
+        pytester, bias_gate(("resnet18",), "bias=False", "False"), "-k", "head_matches", "--zoo-device=meta"
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_maxvits_bias_free_head_is_the_builders_and_a_bias_there_is_reported(
+    pytester: pytest.Pytester,
+) -> None:
+    models = ("maxvit_t",)
+    passed = run(pytester, bias_gate(models, "bias=False"), "-k", "head_matches", "--zoo-device=meta")
+    passed.assert_outcomes(passed=1)
+    result = run(pytester, bias_gate(models, "bias=True"), "-k", "head_matches", "--zoo-device=meta")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*defect:*the head layer classifier.5 (nn.Linear) has a bias (classifier.5.bias) that the "
+            "builder's layer lacks*"
+        ]
+    )

@@ -105,7 +105,7 @@ def step(model: nn.Module, *, frozen_stats: bool = True, must_train: set[str] | 
 def test_training_step_passes_for_a_frozen_backbone_with_frozen_statistics() -> None:
     report = step(frozen_resnet("frozen"))
     assert report.ok, report.problems
-    assert report.found == {"changed": 2, "frozen norm layers moved": 0}
+    assert report.found == {"trained": 2, "frozen norm layers moved": 0}
 
 
 def test_training_step_catches_statistics_that_move_under_a_frozen_policy() -> None:
@@ -136,6 +136,46 @@ def test_training_step_catches_a_backbone_left_trainable_and_a_frozen_head() -> 
     )
 
 
+class ZeroGradientBias(nn.Module):
+    """A layer whose gradient is exactly zero for every input: it starts at zero and feeds a ReLU,
+    whose derivative at 0 is 0 (as a BatchNorm bias feeding another BatchNorm through linear
+    layers gets an exactly zero gradient in mobilenet_v3_small). It trains; it just cannot move in
+    one step. ``unused`` is built and never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dead = nn.Linear(4, 4)
+        nn.init.zeros_(self.dead.weight)
+        nn.init.zeros_(self.dead.bias)
+        self.fc = nn.Linear(4, 3)
+        self.unused = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = self.fc(x + torch.relu(self.dead(x)))
+        return y
+
+
+def test_a_parameter_with_an_exactly_zero_gradient_trains_and_an_unused_one_is_named() -> None:
+    model = ZeroGradientBias()
+    x = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    used = {k for k, _ in model.named_parameters() if not k.startswith("unused.")}
+    model.unused.requires_grad_(False)
+    report = training_step(model, ((x,), {}), lambda y: y.square().mean(), must_train=used)  # type: ignore[union-attr]
+    assert report.ok, report.problems
+    assert "trained with an exactly zero update for this input: 2 (dead.bias, dead.weight)" in report.details
+    model.unused.requires_grad_(True)
+    only_problem(
+        training_step(model, ((x,), {}), lambda y: y.square().mean(), must_train=used | {"unused.bias"}),  # type: ignore[union-attr]
+        "1 parameters (unused.bias) that must train got no gradient at all: the forward does not use them",
+    )
+    model.unused.requires_grad_(False)
+    frozen = used - {"dead.bias"}
+    only_problem(
+        training_step(model, ((x,), {}), lambda y: y.square().mean(), must_train=frozen),  # type: ignore[union-attr]
+        "1 parameters (dead.bias) that must stay frozen changed (or got a .grad)",
+    )
+
+
 def test_training_step_accepts_a_trainable_affine_policy_when_declared() -> None:
     model = build("mobilenet_v3_small")
     freezing.freeze_backbone(model, norm_stats="frozen")
@@ -160,8 +200,9 @@ def test_training_step_on_a_detector_with_targets() -> None:
         model,
         inputs(name, model, size=64, train=True, n=3),
         tasks.task_io(name).score,
-        must_train=set(heads.head_parameter_names(model)),
-        frozen_norm_modules=backbone_norms(model),
+        # model.backbone is the detector's backbone: the RPN and ROI heads train with the new head.
+        must_train={k for k, _ in model.named_parameters() if not k.startswith("backbone.")},
+        frozen_norm_modules=[k for k in backbone_norms(model) if k.startswith("backbone.")],
     )
     assert report.ok, report.problems
 

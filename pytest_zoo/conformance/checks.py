@@ -66,6 +66,15 @@ class ZooConformance:
     #: checks verify exactly this (``NormPolicy(affine="trainable")`` for a ``train_bn`` recipe,
     #: ``NormPolicy(stats="frozen")`` for one whose running statistics must not move).
     norm_policy: ClassVar[NormPolicy] = NormPolicy()
+    #: The submodule that is the backbone of a model that has one (torchvision's segmentation and
+    #: detection models: ``backbone``): ``freeze_backbone`` freezes it and the rest (a decoder, the
+    #: RPN and ROI heads) trains. A dotted path narrows it (``"backbone.body"``: the FPN trains too);
+    #: ``None`` makes every model's backbone everything but its class-dependent layers.
+    backbone_module: ClassVar[str | None] = freezing.BACKBONE
+    #: Whether the head layers your ``replace_head`` installs have a bias. ``None``: as the builder's
+    #: (a ``nn.Linear(old.in_features, n, bias=False)`` where the builder's head has a bias fails
+    #: ``test_head_matches_builder``); ``False`` or ``True`` declares a recipe that drops or adds it.
+    head_bias: ClassVar[bool | None] = None
     #: fnmatch patterns of parameter names (as the model ``replace_head`` returns spells them)
     #: that must train besides the head the kit sees, e.g. ``("layer4.*",)`` for a recipe that
     #: fine-tunes the last stage too. Override :meth:`must_train` for anything a pattern can't say.
@@ -110,9 +119,11 @@ class ZooConformance:
         return heads.replace_head(model, num_classes)
 
     def freeze_backbone(self, model: nn.Module) -> None:
-        """Leave exactly the head (and what :attr:`norm_policy` says) trainable."""
+        """Freeze the backbone (:attr:`backbone_module`), leaving what :attr:`norm_policy` says trainable."""
         policy = self.norm_policy
-        freezing.freeze_backbone(model, norm_stats=policy.stats, norm_affine=policy.affine)
+        freezing.freeze_backbone(
+            model, norm_stats=policy.stats, norm_affine=policy.affine, backbone=self.backbone_module
+        )
 
     def input_spec(self, name: str) -> InputSpec:
         """The input geometry ``name`` accepts: the family table's row, else any size from 1.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -53,8 +53,11 @@ def _freeze_defects(found: set[str], plan: _Plan, trace: SwapTrace) -> list[str]
             "training them is your recipe (train_bn), declare it: "
             "norm_policy = NormPolicy(affine='trainable')"
         )
+    where = f" (the model's {plan.backbone.rstrip('.')} module)" if plan.backbone else ""
     if extra - norm_affine:
-        defects.append("backbone parameters other than BatchNorm are trainable: freeze_backbone missed them")
+        defects.append(
+            f"backbone parameters{where} other than BatchNorm are trainable: freeze_backbone missed them"
+        )
     if missing & norm_affine:
         defects.append(
             "the declared NormPolicy(affine='trainable') keeps the backbone's normalisation parameters "
@@ -64,6 +67,13 @@ def _freeze_defects(found: set[str], plan: _Plan, trace: SwapTrace) -> list[str]
         defects.append(
             "parameters replace_head introduced (the new head's layers) are frozen: freeze_backbone must "
             "leave every layer of the new head trainable"
+        )
+    elif missing - norm_affine and plan.backbone:
+        defects.append(
+            f"{len(missing - norm_affine)} parameters outside the model's {plan.backbone.rstrip('.')} module "
+            "are frozen (its "
+            "decoder, RPN or ROI heads, or its head): freeze only the backbone module, or, if training "
+            "the class layers alone is your recipe, declare backbone_module = None"
         )
     elif missing - norm_affine:
         defects.append("head parameters are frozen: freeze_backbone must leave every head layer trainable")
@@ -109,3 +119,62 @@ def _class_count(model: nn.Module) -> int | None:
     head = model.get_submodule(path)
     outputs = heads.layer_outputs(head)
     return outputs // adapter.multiple(path) or None
+
+
+def _layer_types(model: nn.Module, paths: Iterable[str]) -> dict[str, type[nn.Module]]:
+    """The class of each head layer of the as-built model (the builder's, once its architecture matched)."""
+    return {path: type(module) for path in paths if (module := _module(model, path)) is not None}
+
+
+def _bias_mismatches(
+    swapped: nn.Module,
+    built: Mapping[str, type[nn.Module]],
+    found: Mapping[str, tuple[int, ...]],
+    expected: Mapping[str, tuple[int, ...]],
+    declared: bool | None,
+) -> tuple[set[str], dict[str, bool]]:
+    """Head layers that keep the builder's place and type, and those of them with the wrong bias.
+
+    ``found``/``expected`` are keyed by as-built names. A layer of another type, or elsewhere, is
+    the user's own design and is judged by what it does; one that is the builder's layer with its
+    bias dropped (``nn.Linear(old.in_features, n, bias=False)``) is a regression of the head, unless
+    the gate declares its heads' bias (``declared``). Returns the paths of the builder's layers, and
+    path -> whether the layer has a bias for each whose bias differs from the expectation.
+    """
+    judged: set[str] = set()
+    wrong: dict[str, bool] = {}
+    for path, kind in built.items():
+        if not any(k.rpartition(".")[0] == path for k in found) or type(_module(swapped, path)) is not kind:
+            continue
+        judged.add(path)
+        has = f"{path}.bias" in found
+        if has != (f"{path}.bias" in expected if declared is None else declared):
+            wrong[path] = has
+    return judged, wrong
+
+
+def _bias_defects(
+    wrong: Mapping[str, bool], built: Mapping[str, type[nn.Module]], declared: bool | None, gate: str
+) -> list[str]:
+    """Say, per layer, which bias is missing or extra, and how to fix or declare it."""
+    defects = []
+    for path, has in sorted(wrong.items()):
+        kind = f"nn.{built[path].__name__}"
+        if declared is not None:
+            state = "has a bias" if has else "has no bias"
+            defects.append(
+                f"the head layer {path} ({kind}) {state}, but {gate} declares head_bias = {declared}: "
+                "make the head match the declaration, or correct it"
+            )
+        elif has:
+            defects.append(
+                f"the head layer {path} ({kind}) has a bias ({path}.bias) that the builder's layer lacks: "
+                f"build it with bias=False as the builder does, or declare head_bias = True on {gate}"
+            )
+        else:
+            defects.append(
+                f"the head layer {path} ({kind}) has no bias: {path}.bias, which the builder's layer "
+                f"has, is missing; keep it ({kind}(..., bias=True), the default), or, if a bias-free "
+                f"head is your recipe, declare head_bias = False on {gate}"
+            )
+    return defects

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..models import building, heads, inference
 from ..models.cache import active_cache, builder_oracle
-from ..models.freezing import NORM_TYPES
+from ..models.freezing import NORM_TYPES, backbone_prefix
 from ..models.reference import (
     PROBE,
     Shapes,
@@ -147,23 +147,35 @@ def _derived_reference(gate: Gate, name: str, model: nn.Module) -> _Reference:
     return _Reference(expected, frozenset(head_keys), head_names, "the hook-derived oracle")
 
 
-def _plan(gate: Gate, name: str, reference: _Reference, swapped: nn.Module, trace: SwapTrace) -> _Plan:
-    """Which parameters of ``swapped`` must train, and which norm layers are the backbone's."""
+def _plan(
+    gate: Gate, name: str, reference: _Reference, swapped: nn.Module, trace: SwapTrace
+) -> _Plan:
+    """Which parameters of ``swapped`` must train, and which norm layers are the backbone's.
+
+    The backbone is the model's own backbone module where it has one (:attr:`backbone_module`;
+    what was under it as built, :func:`~pytest_zoo.freezing.backbone_prefix`), else everything
+    but the head; everything outside it that the hooks kept trains too (a decoder, RPN, ROI heads).
+    """
     params = [k for k, _ in swapped.named_parameters()]
-    head = {k for k in params if k in trace.introduced or trace.original(k) in reference.head_names}
+    prefix = backbone_prefix(trace.kept.values(), gate.backbone_module)
+
+    def in_backbone(key: str) -> bool:
+        return key in trace.kept and (prefix is None or trace.original(key).startswith(prefix))
+
+    head = {k for k in params if not in_backbone(k) or trace.original(k) in reference.head_names}
     declared = {k for k in params if gate.must_train(name, swapped, k)}
     norms: dict[str, nn.Module] = {}
     for path, module in swapped.named_modules():
         own = [f"{path}.{k}" if path else k for k, _ in module.named_parameters(recurse=False)]
         own += [f"{path}.{k}" if path else k for k, _ in module.named_buffers(recurse=False)]
-        if isinstance(module, NORM_TYPES) and own and all(k in trace.kept for k in own):
+        if isinstance(module, NORM_TYPES) and own and all(in_backbone(k) for k in own):
             norms[path] = module
     affine = frozenset(
         f"{path}.{k}" if path else k for path, m in norms.items() for k, _ in m.named_parameters()
     )
     must = head | declared | (affine if gate.norm_policy.affine == "trainable" else set())
     class_dependent_only = {k for k in params if trace.original(k) in reference.head_names}
-    return _Plan(frozenset(must), norms, affine, head_only=must == class_dependent_only)
+    return _Plan(frozenset(must), norms, affine, head_only=must == class_dependent_only, backbone=prefix)
 
 
 def _aux_heads(gate: Gate, name: str, model: nn.Module) -> tuple[str, ...]:

@@ -45,6 +45,8 @@ class _Plan:
     norm_affine: frozenset[str]
     #: Whether the head is the class-dependent layers alone (no extra layers, no declared extras).
     head_only: bool
+    #: The model's own backbone module (``"backbone."``), when it has one: all else must train.
+    backbone: str | None = None
 
     @classmethod
     def end_to_end(cls, model: nn.Module) -> _Plan:

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_CLASSES",
     "ModelStrategies",
     "batch_sizes",
+    "fitted_spec",
     "for_model",
     "input_shapes",
     "input_sizes",
@@ -61,13 +62,23 @@ def input_spec(name: str, model: nn.Module | None = None) -> InputSpec:
     """
     family = find_family(name)
     spec = family.inputs if family is not None else InputSpec()
-    if model is None or spec.size_kwarg is None:
-        return spec
-    from ..models.reference import reference_kwargs
+    return spec if model is None else fitted_spec(spec, model)
 
-    built = reference_kwargs(name, model).get(spec.size_kwarg)
-    side = built[0] if isinstance(built, tuple) else built
-    return dataclasses.replace(spec, fixed=side) if isinstance(side, int) and side != spec.fixed else spec
+
+def fitted_spec(spec: InputSpec, model: nn.Module) -> InputSpec:
+    """``spec`` with the size fixed at build time that ``model`` records under ``spec.size_kwarg``.
+
+    The record is looked for in every submodule, so a model the hooks returned that wraps the
+    built one (``nn.Sequential(body, head)`` around a ViT) keeps the size that ViT was built at.
+    """
+    if spec.size_kwarg is None:
+        return spec
+    for module in model.modules():
+        recorded = getattr(module, spec.size_kwarg, None)
+        side = recorded[0] if isinstance(recorded, tuple) and recorded else recorded
+        if isinstance(side, int) and not isinstance(side, bool):
+            return dataclasses.replace(spec, fixed=side) if side != spec.fixed else spec
+    return spec
 
 
 def input_sizes(spec: InputSpec | str, *, train: bool = False) -> st.SearchStrategy[tuple[int, int]]:

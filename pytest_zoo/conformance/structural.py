@@ -20,15 +20,18 @@ from ..models.cache import active_cache
 from ..models.reference import state_shapes
 from . import task_io as tasks
 from .defects import (
+    _bias_defects,
+    _bias_mismatches,
     _class_count,
     _describe_policy,
     _diff_shapes,
     _freeze_defects,
+    _layer_types,
     _norm_buffers,
     _on,
     _output_defects,
 )
-from .failures import ConformanceFailure, _expect, parameter_groups, render, shape_defects
+from .failures import ConformanceFailure, FailureContext, _expect, parameter_groups, render, shape_defects
 from .hooks import _context, _freeze, _fresh, _hooked, _raises_as_failure, _swap, _swap_steps
 from .oracle import (
     _aux_heads,
@@ -59,6 +62,7 @@ def head_matches_builder(
         return
     reference = _reference(gate, name, model, zoo_device)
     aux = _aux_heads(gate, name, model)
+    built = _layer_types(model, reference.head_paths())
 
     @zoo_hypothesis_settings
     @given(n=io.num_classes())
@@ -70,7 +74,24 @@ def head_matches_builder(
             swapped, trace = _swap(gate, model, n)
         context = _context(gate, name, "replace_head", n=n, steps=_swap_steps(gate, name, n))
         found = {trace.original(key): shape for key, shape in state_shapes(swapped).items()}
-        found, expected, own_design = _same_design(found, reference.shapes(n), reference.head_paths())
+        expected = reference.shapes(n)
+        judged, wrong = _bias_mismatches(swapped, built, found, expected, gate.head_bias)
+        if wrong:
+            raise ConformanceFailure(
+                render(
+                    context,
+                    f"a head layer of the builder's type, at the builder's place, differs in its bias "
+                    f"from {reference.against}",
+                    expected={p: f"bias={not has}" for p, has in sorted(wrong.items())},
+                    found={p: f"bias={has}" for p, has in sorted(wrong.items())},
+                    defects=_bias_defects(wrong, built, gate.head_bias, type(gate).__qualname__),
+                )
+            )
+        # Biases were judged above (as the builder's, or as declared): the rest compares as built.
+        bias = {f"{path}.bias" for path in judged}
+        found = {k: v for k, v in found.items() if k not in bias}
+        expected = {k: v for k, v in expected.items() if k not in bias}
+        found, expected, own_design = _same_design(found, expected, reference.head_paths())
         if found != expected:
             raise ConformanceFailure(
                 render(
@@ -116,6 +137,7 @@ def forward_shape(
                 swapped, _ = _swap(gate, model, n)
         for mode, drawn in (("eval", eval_example), ("train", train_example)):
             train = mode == "train"
+            drawn = tasks.fit_example(drawn, swapped, spec, train=train)
             swapped.train(train)
             args, kwargs = io.inputs(swapped, drawn, n, zoo_device, train=train)
             built = _swap_steps(gate, name, n)[0] if io.has_head else f"model = t.build_model({name!r})"
@@ -242,12 +264,18 @@ def gradients_reach_head_only(
         for parameter in model.parameters():
             parameter.requires_grad_(True)
             parameter.grad = None
-        shape = drawn.shape
-        train = f"model.train(); outputs = model({io.describe(drawn)})  # then backward() through them all"
-        steps = _swap_steps(gate, name, n, freeze=True, tail=train)
-        context = _context(gate, name, "freeze_backbone", n=n, shape=shape, mode="train", steps=steps)
-        with _raises_as_failure(gate, context, "replace_head, freeze_backbone, forward and backward"):
+
+        def context() -> FailureContext:
+            train = (
+                f"model.train(); outputs = model({io.describe(drawn)})  # then backward() through them all"
+            )
+            steps = _swap_steps(gate, name, n, freeze=True, tail=train)
+            return _context(gate, name, "freeze_backbone", n=n, shape=drawn.shape, mode="train", steps=steps)
+
+        with _raises_as_failure(gate, context(), "replace_head, then freeze_backbone,"):
             swapped, trace = _hooked(gate, model, n, has_head=io.has_head, freeze=True)
+        drawn = tasks.fit_example(drawn, swapped, spec, train=True)
+        with _raises_as_failure(gate, context(), "replace_head, freeze_backbone, forward and backward"):
             must = (
                 _plan(gate, name, reference, swapped, trace)
                 if reference is not None
@@ -263,7 +291,7 @@ def gradients_reach_head_only(
         if with_grad != must.must_train:
             raise ConformanceFailure(
                 render(
-                    context,
+                    context(),
                     f"a backward pass through the outputs {outputs} reached the wrong parameters",
                     expected=f".grad on exactly the {len(must.must_train)} parameters that must train",
                     found=f".grad on {len(with_grad)}",
@@ -282,7 +310,7 @@ def gradients_reach_head_only(
             layers = sorted({k.rpartition(".")[0] for k in moved})
             raise ConformanceFailure(
                 render(
-                    context,
+                    context(),
                     f"the running statistics of {len(layers)} backbone normalisation layers moved during "
                     "one train-mode forward",
                     expected=f"{_describe_policy(gate.norm_policy)}: every backbone running_mean, "

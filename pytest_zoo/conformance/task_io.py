@@ -22,12 +22,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ..zoo.families import InputSpec, task_of
-from .strategies import MAX_BATCH, MAX_CLASSES, input_sizes, min_train_batch
+from .strategies import MAX_BATCH, MAX_CLASSES, fitted_spec, input_sizes, min_train_batch
 
 __all__ = [
     "Example",
     "OutputReport",
     "TaskIO",
+    "fit_example",
     "named_outputs",
     "task_io",
 ]
@@ -71,6 +72,27 @@ class Example:
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
+
+
+def fit_example(example: Example, model: nn.Module, spec: InputSpec, *, train: bool) -> Example:
+    """``example``, made legal for ``model`` (the model the hooks returned) in the mode the check runs.
+
+    Examples are drawn before the hooks run, from the family's geometry and the model as built;
+    the hooks may change what is legal. A new head with BatchNorm1d (fastai's ``add_head``) needs
+    a train-mode batch of 2 or more on a family without BatchNorm (SqueezeNet); a model that
+    records its build-time size (a ViT inside ``nn.Sequential(body, head)``) takes that size.
+    Only what the returned model rules out changes: the batch grows, the size or clip length
+    moves to the nearest legal one.
+    """
+    spec = fitted_spec(spec, model)
+    batch = max(example.batch, min_train_batch(model)) if train else example.batch
+    size = (spec.fixed, spec.fixed) if spec.fixed is not None else example.size
+    frames = example.frames
+    if spec.frames is not None:
+        frames = min(max(frames or spec.frames[0], spec.frames[0]), spec.frames[1])
+    if (batch, size, frames) == (example.batch, example.size, example.frames):
+        return example
+    return Example(batch, size, frames, example.seed)
 
 
 @dataclass

@@ -303,9 +303,15 @@ def training_step(
     ``torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=1e-4)`` over *all*
     parameters, runs forward, ``score(output).backward()`` and ``step()``. Then:
 
-    * every parameter named in ``must_train`` changed (weight decay alone moves any non-zero
-      parameter with a gradient, so "unchanged" means it got no gradient);
-    * every other parameter is bit-identical (SGD skips parameters whose ``.grad`` is None);
+    * every parameter named in ``must_train`` trained: the backward gave it a ``.grad`` and the
+      optimiser stepped it. A gradient that is exactly zero for this input still trains (a
+      BatchNorm bias whose output reaches a train-mode BatchNorm only through linear layers: the
+      next BatchNorm removes any mean shift); for such a parameter the check proves what one step
+      can prove, that autograd reaches it (the forward uses it, nothing froze it) and that SGD
+      took its step on it (its momentum buffer exists), not that its value moves. A parameter
+      that got no ``.grad`` at all is either frozen or unused by the forward, and is named as such;
+    * every other parameter is bit-identical and got no ``.grad`` (SGD skips parameters whose
+      ``.grad`` is None, so a zero gradient on a frozen parameter is still a leak);
     * every module in ``frozen_norm_modules`` (dotted paths of the backbone's normalisation layers,
       given when the declared policy freezes statistics; empty otherwise) kept ``running_mean``,
       ``running_var`` and ``num_batches_tracked`` bit-identical.
@@ -345,25 +351,31 @@ def training_step(
         return CheckReport(check, problems=(_error("the training step", error),))
     changed = {name for name, value in before.items() if not torch.equal(params[name].detach(), value)}
     changed |= {name for name, saved in untouched.items() if fingerprint(params[name]) != saved}
-    stuck = set(must_train) - changed
-    moved = changed - set(must_train)
+    stepped = {name for name, p in params.items() if p.grad is not None and p in optimizer.state}
+    trained = changed | stepped
+    stuck = set(must_train) - trained
+    moved = trained - set(must_train)
+    still = (stepped - changed) & set(must_train)  # trained with an exactly zero update
     buffers = dict(model.named_buffers())
     drifted = sorted({k.rpartition(".")[0] for k, v in norms.items() if not torch.equal(buffers[k], v)})
     problems = []
     if stuck:
         frozen = {name for name in stuck if not params[name].requires_grad}
-        why = (
-            f"{len(frozen)} of them have requires_grad=False after model.train()"
-            if frozen
-            else "they got no gradient (the forward does not use them)"
-        )
-        problems.append(
-            f"{_listed(stuck, 'parameters')} that must train did not change in one SGD step: {why}"
-        )
+        unused = stuck - frozen
+        if frozen:
+            problems.append(
+                f"{_listed(frozen, 'parameters')} that must train did not change in one SGD step: they "
+                "have requires_grad=False after model.train()"
+            )
+        if unused:
+            problems.append(
+                f"{_listed(unused, 'parameters')} that must train got no gradient at all: the forward "
+                "does not use them (a layer built but not called, or an output detached from it)"
+            )
     if moved:
         problems.append(
-            f"{_listed(moved, 'parameters')} that must stay frozen changed in one SGD step over "
-            "model.parameters(): they still have requires_grad=True (or a .grad)"
+            f"{_listed(moved, 'parameters')} that must stay frozen changed (or got a .grad) in one SGD "
+            "step over model.parameters(): they still have requires_grad=True"
         )
     if drifted:
         problems.append(
@@ -376,7 +388,11 @@ def training_step(
     return CheckReport(
         check,
         problems=tuple(problems),
-        expected={"changed": len(set(must_train)), "frozen norm layers moved": 0},
-        found={"changed": len(changed), "frozen norm layers moved": len(drifted)},
-        details=(f"loss {float(loss.detach()):.4g}", f"changed: {_listed(changed)}"),
+        expected={"trained": len(set(must_train)), "frozen norm layers moved": 0},
+        found={"trained": len(trained), "frozen norm layers moved": len(drifted)},
+        details=(
+            f"loss {float(loss.detach()):.4g}",
+            f"changed: {_listed(changed)}",
+            *([f"trained with an exactly zero update for this input: {_listed(still)}"] if still else []),
+        ),
     )

@@ -70,11 +70,12 @@ def _value_check(
     reference = _reference(gate, name, model, device) if io.has_head else None
     spec = gate._spec(name, model)
 
-    n, drawn = _value_example(io, spec, model, train=train, min_batch=min_batch)
+    n, example = _value_example(io, spec, model, train=train, min_batch=min_batch)
 
     def check() -> None:
         nonlocal model
         model = _fresh(gate, model)
+        drawn = example  # until the hooks ran: then fitted to the model they returned
         mode = "train" if train else "eval"
         hook = "freeze_backbone" if freeze else "replace_head"
         tail = f"model.{mode}(); outputs = model({io.describe(drawn)})"
@@ -92,6 +93,7 @@ def _value_check(
             under(),
         ):
             swapped, trace = _hooked(gate, model, n, has_head=io.has_head, freeze=freeze)
+        drawn = tasks.fit_example(example, swapped, spec, train=train)
         plan = (
             _plan(gate, name, reference, swapped, trace)
             if reference is not None

@@ -152,10 +152,17 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
         counts = freezing.freeze_backbone(model)
         new_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
         expected_total = case.meta["num_params"] - old_head + new_head
-        if counts.trainable != new_head or counts.total != expected_total:
+        # A model with its own backbone module trains all the rest (decoder, RPN, ROI heads, new head).
+        prefix = freezing.backbone_prefix(name for name, _ in model.named_parameters())
+        trainable = (
+            sum(p.numel() for name, p in model.named_parameters() if not name.startswith(prefix))
+            if prefix is not None
+            else new_head
+        )
+        if counts.trainable != trainable or counts.total != expected_total:
             raise MetadataMismatch(
                 f"{case.label}, num_classes={num_classes}: after replace_head + freeze_backbone expected "
-                f"{new_head:,} trainable / {expected_total:,} total, found {counts}"
+                f"{trainable:,} trainable / {expected_total:,} total, found {counts}"
             )
         # Partial weights can leave NaN layers that a swap of the last one does not replace (VGG16's
         # IMAGENET1K_FEATURES ships a NaN classifier): the fine-tuned model must hold finite values.
