@@ -25,6 +25,7 @@ from torch import nn
 from .equivalence import (
     BATCH_ATOL,
     BATCH_RTOL,
+    LAYOUT_TOL,
     _exact,
     batch_equivalence,
     channels_last_equivalence,
@@ -38,6 +39,7 @@ __all__ = [
     "BATCH_ATOL",
     "BATCH_RTOL",
     "DEPLOY_EXCEPTIONS",
+    "LAYOUT_TOL",
     "METHODS",
     "DeployException",
     "Method",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from ..models import building
 from ..models.cache import return_freed_memory
 from ..models.meta import require_values
 from ..zoo.families import InputSpec
-from . import deployment, strategies, training
+from . import attribution, deployment, strategies, training
 from . import task_io as tasks
 from .defects import _class_count
 from .failures import ConformanceFailure, FailureContext, _expect, render
@@ -44,6 +45,8 @@ def _value_check(
     writes: _Writes = "nothing",
     twin: bool = False,
     under: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+    attribute: bool = False,
+    diverge: attribution.Divergence | None = None,
 ) -> None:
     """The skeleton every value check shares: hooks on the session's build, one report, the layout.
 
@@ -63,6 +66,12 @@ def _value_check(
     model to the prepared subject, for a check that loads state into a fresh model. ``run``
     returns the check's :class:`~pytest_zoo.training.CheckReport`; a skipped one (the meta
     device has no values) skips the test with its reason.
+
+    ``attribute`` runs the check under an :class:`~.attribution.Recorder` and, when it fails,
+    finds the module where the wrong values start (``diverge`` says how a mismatch check's runs
+    pair up; a mismatch is traced on a second, recorded run). A start in a module the hooks did
+    not introduce or change skips the test naming torch; anywhere else the hook is blamed, and
+    the failure says where.
     """
     model = gate._model(name, device)
     io = tasks.task_io(name)
@@ -79,6 +88,7 @@ def _value_check(
         hook = "freeze_backbone" if freeze else "replace_head"
         tail = f"model.{mode}(); outputs = model({io.describe(drawn)})"
         fresh = building.uninitialised_copy(model) if twin else None
+        as_built = attribution.Snapshot.of(model) if attribute else None
 
         def context() -> FailureContext:
             # The reproduce lines follow how the hooks were used (an in-place swap or not).
@@ -97,11 +107,26 @@ def _value_check(
             if reference is not None
             else _Plan.end_to_end(swapped)
         )
+        # What the hooks introduced or changed, decided before anything runs the model.
+        head = [
+            k
+            for k, _ in swapped.named_parameters()
+            if reference and trace.original(k) in reference.head_names
+        ]
+        changed = attribution.changed_modules(as_built, swapped, head) if as_built is not None else set()
         if writes == "anything" or (writes == "trainable" and not plan.must_train <= trace.introduced):
             swapped = copy.deepcopy(swapped)
         subject = _Prepared(name, swapped, plan, io, drawn, n, device, gate.norm_policy, fresh)
+        start: attribution.Origin | None = None
         try:
-            report = run(subject)
+            with attribution.recording(swapped, enabled=attribute) as recorder:
+                report = run(subject)
+            if attribute and report is not None and report.skipped is None and not report.ok:
+                start = attribution.origin(recorder, changed)
+                if start is None and diverge is not None:
+                    with attribution.recording(swapped, keep=True) as recorder:
+                        again = run(subject)
+                    start = attribution.origin(recorder, changed, diverge) if again and not again.ok else None
         finally:
             # A full backward leaves a model-sized set of gradients on the session's build.
             for parameter in swapped.parameters():
@@ -112,6 +137,13 @@ def _value_check(
             import pytest
 
             pytest.skip(report.skipped)
+        if start is not None and start.blames_torch():
+            import pytest
+
+            pytest.skip(start.skip_reason(what))
+        if start is not None and report is not None:
+            hooks = "replace_head or freeze_backbone" if freeze else "replace_head"
+            report = dataclasses.replace(report, details=(start.blame(hooks), *report.details))
         if report is not None and not report.ok:
             raise ConformanceFailure(
                 render(
@@ -162,6 +194,7 @@ def finite_outputs_and_backward(gate: ZooConformance, zoo_model_name: str, zoo_d
         freeze=False,
         train=True,
         under=building.uninitialised_as_nan,
+        attribute=True,
     )
 
 
@@ -193,7 +226,17 @@ def batch_equivalence(gate: ZooConformance, zoo_model_name: str, zoo_device: tor
         (x, *_), kwargs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
         return deployment.batch_equivalence(p.model, x, kwargs=kwargs)
 
-    _value_check(gate, zoo_model_name, zoo_device, "batch equivalence", run, min_batch=2)
+    diverge = attribution.Divergence(attribution.batch_pairs, deployment.BATCH_ATOL, deployment.BATCH_RTOL)
+    _value_check(
+        gate,
+        zoo_model_name,
+        zoo_device,
+        "batch equivalence",
+        run,
+        min_batch=2,
+        attribute=True,
+        diverge=diverge,
+    )
 
 
 def channels_last_and_autocast(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device) -> None:
@@ -205,7 +248,10 @@ def channels_last_and_autocast(gate: ZooConformance, zoo_model_name: str, zoo_de
             return report
         return deployment.precision_forward(p.model, inputs)
 
-    _value_check(gate, zoo_model_name, zoo_device, "channels_last / autocast", run)
+    diverge = attribution.Divergence(attribution.layout_pairs, deployment.LAYOUT_TOL, deployment.LAYOUT_TOL)
+    _value_check(
+        gate, zoo_model_name, zoo_device, "channels_last / autocast", run, attribute=True, diverge=diverge
+    )
 
 
 def deployability(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device) -> None:
