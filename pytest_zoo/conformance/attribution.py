@@ -101,8 +101,11 @@ def changed_modules(before: Snapshot, hooked: nn.Module, head_parameters: Collec
 
 
 def _flags(value: object) -> list[torch.Tensor]:
-    """One 0-d ``all finite`` tensor per floating leaf; read only when a check failed (no sync)."""
-    return [torch.isfinite(t).all() for t in named_leaves(value).values() if t.is_floating_point()]
+    """One 0-d sum per floating leaf, finite exactly when the leaf is (NaN and inf propagate; a
+    float32 sum overflows only for values beyond 1e30): one pass, no mask, and read only when a
+    check failed, so a GPU never waits for it."""
+    leaves = named_leaves(value).values()
+    return [t.detach().sum(dtype=torch.float32) for t in leaves if t.is_floating_point()]
 
 
 def _kept(value: object) -> dict[str, torch.Tensor]:
@@ -119,6 +122,8 @@ class Call:
     occurrence: int
     inputs: list[torch.Tensor]
     outputs: list[torch.Tensor] = field(default_factory=list)
+    #: The floating output leaves' shapes, and the first one's dtype.
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
     dtype: torch.dtype | None = None
     kept_inputs: dict[str, torch.Tensor] | None = None
     kept_outputs: dict[str, torch.Tensor] | None = None
@@ -128,21 +133,23 @@ class Call:
         return self.path, self.occurrence
 
     def finite_inputs(self) -> bool:
-        return all(bool(flag) for flag in self.inputs)
+        return all(bool(torch.isfinite(flag)) for flag in self.inputs)
 
     def finite_outputs(self) -> bool:
-        return all(bool(flag) for flag in self.outputs)
+        return all(bool(torch.isfinite(flag)) for flag in self.outputs)
 
 
 class Recorder:
     """Forward hooks on every module of ``model``: each top-level call is a run, a list of
     :class:`Call` in the order the modules returned. ``keep`` also clones every input and output
-    (for a divergence); otherwise a call costs two reductions. Use it as a context manager: the
+    (for a divergence); otherwise a call costs two sums. Use it as a context manager: the
     hooks are removed on exit, so the session's cached model goes back without them."""
 
-    def __init__(self, model: nn.Module, *, keep: bool = False) -> None:
+    def __init__(self, model: nn.Module, *, keep: bool = False, values: bool = True) -> None:
         self.model = model
         self.keep = keep
+        #: ``False``: shapes only (a geometry probe), no reduction at all.
+        self.values = values
         self.runs: list[list[Call]] = []
         self._open: dict[int, list[Call]] = {}
         self._counts: dict[str, int] = {}
@@ -166,7 +173,7 @@ class Recorder:
                 self._counts.clear()
             occurrence = self._counts.get(path, 0)
             self._counts[path] = occurrence + 1
-            call = Call(path, module, occurrence, _flags([args, kwargs]))
+            call = Call(path, module, occurrence, _flags([args, kwargs]) if self.values else [])
             if self.keep:
                 call.kept_inputs = _kept([args, kwargs])
             self._open.setdefault(id(module), []).append(call)
@@ -179,8 +186,9 @@ class Recorder:
             if not pending or not self.runs:
                 return
             call = pending.pop()
-            call.outputs = _flags(output)
+            call.outputs = _flags(output) if self.values else []
             leaves = [t for t in named_leaves(output).values() if t.is_floating_point()]
+            call.shapes = [tuple(t.shape) for t in leaves]
             call.dtype = leaves[0].dtype if leaves else None
             if self.keep:
                 call.kept_outputs = _kept(output)
@@ -316,6 +324,4 @@ def origin(
         return None
     state = [*call.module.parameters(recurse=False), *call.module.buffers(recurse=False)]
     bad_state = any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in state)
-    return Origin(
-        call.path, type(call.module).__qualname__, call.dtype, call.path in changed, what, bad_state
-    )
+    return Origin(call.path, type(call.module).__name__, call.dtype, call.path in changed, what, bad_state)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from hypothesis import settings
@@ -70,19 +70,14 @@ class ZooConformance:
     #: fine-tunes the last stage too. Override :meth:`must_train` for anything a pattern can't say.
     trainable: ClassVar[Sequence[str]] = ()
     #: The deployment paths :meth:`test_deployability` checks: any of ``"export"``, ``"compile"``,
-    #: ``"script"``, ``"fx"``. Empty by default: deployability is the most expensive check.
+    #: ``"script"``, ``"fx"``. Not set: the session's ``--zoo-deploy`` (none by default, the most
+    #: expensive check); set, even to ``()``, it wins over the option for this class.
     deploy: ClassVar[Sequence[deployment.Method]] = ()
     #: The zoo name of the model being checked, set before any hook runs, so hooks that need the
     #: architecture (a per-architecture cut point) need not tag the model.
     model_name: str = ""
     #: Whether the last ``replace_head`` swapped in place (returned ``None``): the reproduce lines say so.
     _swapped_in_place: bool = False
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # Deployability is opt-in: the check exists in the classes that name what to deploy.
-        if cls.deploy and "test_deployability" not in vars(cls):
-            cls.test_deployability = cls._check_deployability  # type: ignore[attr-defined]
 
     # -- hooks: override these with your own model-building code -------------------------------
 
@@ -253,12 +248,14 @@ class ZooConformance:
         with the float32 shapes (a head that cannot take the autocast dtype breaks there)."""
         values.channels_last_and_autocast(self, zoo_model_name, zoo_device)
 
-    def _check_deployability(self, zoo_model_name: str, zoo_device: torch.device) -> None:
+    def test_deployability(
+        self, zoo_model_name: str, zoo_device: torch.device, zoo_deploy: tuple[str, ...]
+    ) -> None:
         """``torch.export``, ``torch.compile(backend="eager")``, ``torch.jit.script`` and
-        ``torch.fx.symbolic_trace`` of the eval model reproduce eager outputs. Collected as
-        ``test_deployability`` only in classes that opt in with :attr:`deploy` (it is the most
-        expensive check); declared exceptions are strict xfails."""
-        values.deployability(self, zoo_model_name, zoo_device)
+        ``torch.fx.symbolic_trace`` of the eval model reproduce eager outputs. Collected only
+        where there is something to deploy (:attr:`deploy`, else ``--zoo-deploy``): it is the
+        most expensive check. Declared exceptions are strict xfails."""
+        values.deployability(self, zoo_model_name, zoo_device, zoo_deploy)
 
     def test_default_weights_metadata(self, zoo_model_name: str) -> None:
         """The DEFAULT weights enum describes the model the builder makes; nothing is downloaded."""

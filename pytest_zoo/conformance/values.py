@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +24,7 @@ from . import attribution, deployment, strategies, training
 from . import task_io as tasks
 from .defects import _class_count
 from .failures import ConformanceFailure, FailureContext, _expect, render
+from .feature_maps import side_for_feature_maps
 from .hooks import _context, _fresh, _hooked, _raises_as_failure, _swap_steps
 from .oracle import _plan, _reference
 from .plan import _BATCHED_TASKS, _Plan, _Prepared, _Writes
@@ -47,6 +48,7 @@ def _value_check(
     under: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
     attribute: bool = False,
     diverge: attribution.Divergence | None = None,
+    maps: bool = False,
 ) -> None:
     """The skeleton every value check shares: hooks on the session's build, one report, the layout.
 
@@ -71,7 +73,8 @@ def _value_check(
     finds the module where the wrong values start (``diverge`` says how a mismatch check's runs
     pair up; a mismatch is traced on a second, recorded run). A start in a module the hooks did
     not introduce or change skips the test naming torch; anywhere else the hook is blamed, and
-    the failure says where.
+    the failure says where. ``maps`` widens the input until every feature map that follows its
+    size is 2x2 or more (:func:`~.feature_maps.side_for_feature_maps`).
     """
     model = gate._model(name, device)
     io = tasks.task_io(name)
@@ -82,8 +85,11 @@ def _value_check(
     n, drawn = _value_example(io, spec, model, train=train, min_batch=min_batch)
 
     def check() -> None:
-        nonlocal model
+        nonlocal model, drawn
         model = _fresh(gate, model)
+        if maps and io.task in _BATCHED_TASKS:
+            side = side_for_feature_maps(model, io, spec, drawn, device)
+            drawn = dataclasses.replace(drawn, size=(side, side))
         mode = "train" if train else "eval"
         hook = "freeze_backbone" if freeze else "replace_head"
         tail = f"model.{mode}(); outputs = model({io.describe(drawn)})"
@@ -209,10 +215,23 @@ def state_dict_round_trip(gate: ZooConformance, zoo_model_name: str, zoo_device:
             model = building.uninitialised_copy(as_built)
             return _hooked(gate, model, p.n, has_head=has_head, freeze=True)[0]
 
+        _move_statistics(p)
         inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
         return deployment.state_dict_round_trip(p.model, fresh, inputs)
 
-    _value_check(gate, zoo_model_name, zoo_device, "the state_dict round trip", run, twin=True)
+    _value_check(gate, zoo_model_name, zoo_device, "the state_dict round trip", run, twin=True, maps=True)
+
+
+def _move_statistics(p: _Prepared) -> None:
+    """One train-mode forward, as fine-tuning takes: running statistics leave the initial values a
+    fresh model also has, so that one the ``state_dict`` does not carry changes the reloaded
+    outputs. A model that cannot take it here is left as it is (the training checks say why)."""
+    if p.io.task not in _BATCHED_TASKS:
+        return
+    args, kwargs = p.io.inputs(p.model, p.example, p.n, p.device, train=True)
+    p.model.train()
+    with torch.no_grad(), contextlib.suppress(Exception):
+        p.model(*args, **kwargs)
 
 
 def batch_equivalence(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device) -> None:
@@ -236,6 +255,7 @@ def batch_equivalence(gate: ZooConformance, zoo_model_name: str, zoo_device: tor
         min_batch=2,
         attribute=True,
         diverge=diverge,
+        maps=True,
     )
 
 
@@ -250,17 +270,34 @@ def channels_last_and_autocast(gate: ZooConformance, zoo_model_name: str, zoo_de
 
     diverge = attribution.Divergence(attribution.layout_pairs, deployment.LAYOUT_TOL, deployment.LAYOUT_TOL)
     _value_check(
-        gate, zoo_model_name, zoo_device, "channels_last / autocast", run, attribute=True, diverge=diverge
+        gate,
+        zoo_model_name,
+        zoo_device,
+        "channels_last / autocast",
+        run,
+        attribute=True,
+        diverge=diverge,
+        maps=True,
     )
 
 
-def deployability(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device) -> None:
-    methods = tuple(gate.deploy)
+def deploy_methods(cls: type, session: Sequence[str] = ()) -> tuple[str, ...]:
+    """What ``test_deployability`` checks for gate class ``cls``: its own ``deploy`` where a class
+    below the base declares one (even ``()``), else the session's ``--zoo-deploy``."""
+    declared = [klass for klass in cls.__mro__ if "deploy" in vars(klass)]
+    return tuple(vars(declared[0])["deploy"]) if len(declared) > 1 else tuple(session)
+
+
+def deployability(
+    gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device, session: Sequence[str] = ()
+) -> None:
+    methods = deploy_methods(type(gate), session)
     if not methods:
         import pytest
 
         pytest.skip(
-            "deployability is opt-in: set deploy = ('export', 'compile', 'script', 'fx') on the class"
+            "deployability is opt-in: set deploy = ('export', 'compile', 'script', 'fx') on the class, "
+            "or run with --zoo-deploy=all"
         )
     declared: list[str] = []
     fixed: list[str] = []
@@ -268,7 +305,7 @@ def deployability(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.d
     def run(p: _Prepared) -> training.CheckReport | None:
         inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
         for method in methods:
-            report = deployment.deployability(p.model, inputs, method)
+            report = deployment.deployability(p.model, inputs, method)  # type: ignore[arg-type]
             exception = deployment.deploy_exception(p.name, method)
             if exception is None:
                 if not report.ok:
