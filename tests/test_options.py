@@ -119,6 +119,21 @@ CASES = [
         "*ini option zoo_tasks=*unknown task(s) 'vision'*",
         id="ini-tasks",
     ),
+    # deployment paths
+    pytest.param(
+        ["--zoo-models=resnet18", "--zoo-deploy=export,onnx"],
+        "",
+        "*--zoo-deploy='export,onnx': unknown deployment path(s) 'onnx'. Valid: export, compile, script, "
+        "fx, or all*",
+        id="deploy-unknown",
+    ),
+    pytest.param(["--zoo-deploy="], "", "*--zoo-deploy is empty. Valid: export, compile*", id="deploy-empty"),
+    pytest.param(
+        ["--zoo-models=resnet18"],
+        "zoo_deploy = trace",
+        "*ini option zoo_deploy='trace': unknown deployment path(s) 'trace'*",
+        id="ini-deploy",
+    ),
     # conflicts
     pytest.param(
         ["--zoo-models=resnet*", "--zoo-exclude=resnet*"],

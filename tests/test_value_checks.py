@@ -178,3 +178,93 @@ def test_value_checks_skip_on_the_meta_device_with_their_reason(pytester: pytest
     result.stdout.fnmatch_lines(
         ["*the training step needs tensor values, which --zoo-device=meta does not have*"]
     )
+
+
+RESNET_PROJECT = """
+    import torch
+    from torch import nn
+    from torchvision.models import resnet18
+
+    from pytest_zoo import ZooConformance
+
+    def pooling(pool):
+        class Pool(nn.Module):
+            def forward(self, x):
+                return pool(x, *x.shape[:2])
+
+        return Pool()
+
+    class Project(ZooConformance):
+        models = ("resnet18",)
+        pool = None
+
+        def build_model(self, name):
+            return resnet18(weights=None)
+
+        def replace_head(self, model, num_classes):
+            model.avgpool = pooling(type(self).pool)
+            model.fc = nn.Linear(512, num_classes)
+
+    class TestMergesBatchAndChannels(Project):
+        pool = staticmethod(lambda x, b, c: x.view(b * c, -1).mean(1).view(b, c))
+
+    class TestKeepsChannels(Project):
+        pool = staticmethod(lambda x, b, c: x.view(b, c, -1).mean(-1))
+
+    class TestAdaptive(Project):
+        pool = staticmethod(lambda x, b, c: torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    class TestMixesBatchAndSpace(Project):
+        pool = staticmethod(lambda x, b, c: x.flatten(2).transpose(1, 2).reshape(-1, b, c).mean(0))
+"""
+
+
+def test_layout_and_batch_checks_feed_a_resnet_maps_larger_than_1x1(pytester: pytest.Pytester) -> None:
+    """At 32 pixels a ResNet's last map is 1x1, where every layout is contiguous, any ``.view``
+    succeeds and a reshape cannot mix samples with positions: the checks widen the input (to 33
+    pixels) so that the last map is 2x2. A ``.view`` merging channels with anything else then fails
+    on channels_last; one that keeps the channel dimension whole (``x.view(B, C, -1).mean(-1)``) is
+    layout-safe and passes like the adaptive pool; a reshape that pools across the batch fails
+    batch equivalence. On main's 32-pixel inputs all four passed both checks."""
+    pytester.makepyfile(test_gate=textwrap.dedent(RESNET_PROJECT))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-v", "-k", "channels_last or batch_equivalence"
+    )
+    result.assert_outcomes(failed=2, passed=6)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*TestMergesBatchAndChannels::test_channels_last_and_autocast[[]resnet18[]] FAILED*",
+            "*TestMixesBatchAndSpace::test_batch_equivalence[[]resnet18[]] FAILED*",
+            "*channels_last / autocast: the torch.channels_last forward raised RuntimeError: view size is "
+            "not compatible*; a .view on a non-contiguous channels_last tensor*",
+            "*batch equivalence:*the model mixes samples*",
+            "*the diverging values start in 'avgpool' (Pool, torch.float32), which replace_head or "
+            "freeze_backbone introduced or changed*",
+            "*input shape=(2, 3, 33, 33)*",
+        ]
+    )
+
+
+def test_the_round_trip_moves_running_statistics_before_saving(pytester: pytest.Pytester) -> None:
+    """A statistic kept outside the state_dict equals a fresh model's until training moves it: the
+    round trip runs one train-mode forward first, as fine-tuning would."""
+    source = (
+        gate()
+        .replace(
+            "self.fc = nn.Linear(features * 4, num_classes)",
+            "self.fc = nn.Linear(features * 4, num_classes)\n"
+            "        self.register_buffer('center', torch.zeros(features * 4), persistent=False)",
+        )
+        .replace(
+            "return self.fc(x.flatten(1))",
+            "x = x.flatten(1)\n"
+            "        if self.training:\n"
+            "            self.center.mul_(0.9).add_(0.1 * x.mean(0))\n"
+            "        return self.fc(x - self.center)",
+        )
+    )
+    result = run(pytester, source, "round_trip")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*the state_dict round trip:*some state the outputs depend on is not in state_dict*"]
+    )

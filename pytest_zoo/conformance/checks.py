@@ -80,7 +80,8 @@ class ZooConformance:
     #: fine-tunes the last stage too. Override :meth:`must_train` for anything a pattern can't say.
     trainable: ClassVar[Sequence[str]] = ()
     #: The deployment paths :meth:`test_deployability` checks: any of ``"export"``, ``"compile"``,
-    #: ``"script"``, ``"fx"``. Empty by default: deployability is the most expensive check.
+    #: ``"script"``, ``"fx"``. Not set: the session's ``--zoo-deploy`` (none by default, the most
+    #: expensive check); set, even to ``()``, it wins over the option for this class.
     deploy: ClassVar[Sequence[deployment.Method]] = ()
     #: Whether the build loads pretrained weights: :meth:`test_pretrained_weights_reach_model` then
     #: fails a build that requests none (a build that requests some is checked either way).
@@ -98,9 +99,6 @@ class ZooConformance:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # Deployability is opt-in: the check exists in the classes that name what to deploy.
-        if cls.deploy and "test_deployability" not in vars(cls):
-            cls.test_deployability = cls._check_deployability  # type: ignore[attr-defined]
         if vars(cls).get("create_model") is not None:
             factory.adopt_factory(cls)
 
@@ -275,12 +273,14 @@ class ZooConformance:
         with the float32 shapes (a head that cannot take the autocast dtype breaks there)."""
         values.channels_last_and_autocast(self, zoo_model_name, zoo_device)
 
-    def _check_deployability(self, zoo_model_name: str, zoo_device: torch.device) -> None:
+    def test_deployability(
+        self, zoo_model_name: str, zoo_device: torch.device, zoo_deploy: tuple[str, ...]
+    ) -> None:
         """``torch.export``, ``torch.compile(backend="eager")``, ``torch.jit.script`` and
-        ``torch.fx.symbolic_trace`` of the eval model reproduce eager outputs. Collected as
-        ``test_deployability`` only in classes that opt in with :attr:`deploy` (it is the most
-        expensive check); declared exceptions are strict xfails."""
-        values.deployability(self, zoo_model_name, zoo_device)
+        ``torch.fx.symbolic_trace`` of the eval model reproduce eager outputs. Collected only
+        where there is something to deploy (:attr:`deploy`, else ``--zoo-deploy``): it is the
+        most expensive check. Declared exceptions are strict xfails."""
+        values.deployability(self, zoo_model_name, zoo_device, zoo_deploy)
 
     def test_default_weights_metadata(self, zoo_model_name: str) -> None:
         """The DEFAULT weights enum describes the model the builder makes; nothing is downloaded."""

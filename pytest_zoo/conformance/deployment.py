@@ -17,14 +17,15 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
+from ..zoo.deploy_paths import METHODS, Method
 from .equivalence import (
     BATCH_ATOL,
     BATCH_RTOL,
+    LAYOUT_TOL,
     _exact,
     batch_equivalence,
     channels_last_equivalence,
@@ -38,6 +39,7 @@ __all__ = [
     "BATCH_ATOL",
     "BATCH_RTOL",
     "DEPLOY_EXCEPTIONS",
+    "LAYOUT_TOL",
     "METHODS",
     "DeployException",
     "Method",
@@ -49,9 +51,6 @@ __all__ = [
     "precision_forward",
     "state_dict_round_trip",
 ]
-
-Method = Literal["export", "compile", "script", "fx"]
-METHODS: tuple[Method, ...] = ("export", "compile", "script", "fx")
 
 
 # -- deployment ------------------------------------------------------------------------------------

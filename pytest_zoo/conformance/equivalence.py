@@ -1,16 +1,13 @@
 """Equivalence checks: a fine-tuned model reloads, batches, changes memory format and precision alike.
 
-* :func:`state_dict_round_trip` -- ``torch.save`` of the ``state_dict`` to a file, ``torch.load(...,
-  weights_only=True)``, strict load into a fresh model from the caller's factory, same eval outputs;
-  a wrapper prefix (``module.``, ``_orig_mod.``) is named;
+* :func:`state_dict_round_trip` -- the ``state_dict`` saved, loaded ``weights_only`` and strictly into
+  a fresh model from the caller's factory, gives the same eval outputs (a wrapper prefix is named);
 * :func:`batch_equivalence` -- in eval mode each sample's output in a batch equals its output alone;
 * :func:`channels_last_equivalence` -- a channels_last model and input reproduce the eager output;
-* :func:`precision_forward` -- a forward under ``torch.autocast`` (or in a converted dtype) is finite
-  and has the float32 forward's shapes.
+* :func:`precision_forward` -- a forward under autocast (or in a converted dtype) is finite, same shapes.
 
-:func:`compare_outputs` is the comparison they (and :mod:`.deployment`) share. Every check returns
-a :class:`~pytest_zoo.training.CheckReport` and raises nothing for a failing model; on the meta
-device it returns a skipped report.
+:func:`compare_outputs` is the comparison they (and :mod:`.deployment`) share. Every check returns a
+:class:`~pytest_zoo.training.CheckReport`, raising nothing for a failing model (skipped on meta).
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attribution import tolerance_scale, within_tolerance
 from .training import (
     CheckReport,
     Inputs,
@@ -39,6 +37,7 @@ from .training import (
 __all__ = [
     "BATCH_ATOL",
     "BATCH_RTOL",
+    "LAYOUT_TOL",
     "batch_equivalence",
     "channels_last_equivalence",
     "compare_outputs",
@@ -47,8 +46,9 @@ __all__ = [
 ]
 
 #: transformers' ``test_batching_equivalence`` default tolerances (tests/test_modeling_common.py).
-BATCH_ATOL = 1e-5
-BATCH_RTOL = 1e-5
+BATCH_ATOL = BATCH_RTOL = 1e-5
+#: channels_last against contiguous: other kernels, other summation orders.
+LAYOUT_TOL = 1e-4
 
 #: Wrapper prefixes a saved ``state_dict`` can carry, and what added them.
 _WRAPPERS = {
@@ -87,9 +87,8 @@ def compare_outputs(
                 problems.append(f"{what}: output '{name}' ({a.dtype}) differs from eager")
             continue
         b = b.to(device=a.device, dtype=a.dtype)
-        scale = max(1.0, float(a.abs().nan_to_num(0.0, 0.0, 0.0).max())) if a.numel() else 1.0
-        if not torch.allclose(a, b, atol=atol * scale, rtol=rtol, equal_nan=True):
-            diff = (a - b).abs().nan_to_num(float("inf"))
+        if not within_tolerance(a, b, atol=atol, rtol=rtol):
+            scale, diff = tolerance_scale(a), (a - b).abs().nan_to_num(float("inf"))
             problems.append(
                 f"{what}: output '{name}' differs from eager by up to {float(diff.max()):.3g} "
                 f"(tolerance atol={atol:g} x {scale:.3g}, rtol={rtol:g})"
@@ -102,8 +101,7 @@ def compare_outputs(
 
 @contextlib.contextmanager
 def _exact() -> Iterator[None]:
-    """``no_grad``, and no TF32 (cuDNN convolutions default to it on Ampere and later): comparisons
-    at 1e-5 are about the model, not about 10-bit mantissas. The previous settings are restored."""
+    """``no_grad`` and no TF32 (cuDNN's default on Ampere): a 1e-5 comparison is about the model."""
     cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -299,15 +297,14 @@ def channels_last_equivalence(
     model: nn.Module,
     inputs: Inputs,
     *,
-    atol: float = 1e-4,
-    rtol: float = 1e-4,
+    atol: float = LAYOUT_TOL,
+    rtol: float = LAYOUT_TOL,
     check: str = "channels_last",
 ) -> CheckReport:
     """The model and its 4-d/5-d tensor inputs in channels_last reproduce the contiguous eval output.
 
-    4-d inputs go to ``torch.channels_last``, 5-d to ``torch.channels_last_3d`` (the model too), and
-    back to contiguous afterwards. A head that flattens with ``.view`` on a permuted layout raises
-    ("view size is not compatible with input tensor's size and stride"): that is the problem reported.
+    4-d inputs go to ``torch.channels_last``, 5-d to ``torch.channels_last_3d`` (the model too, then
+    back). A ``.view`` merging channels with space raises there only where maps exceed 1x1: say so.
     """
     skipped = needs_values(check, model)
     if skipped is not None:
@@ -332,7 +329,10 @@ def channels_last_equivalence(
     except Exception as error:
         problem = _error(f"the {fmt} forward", error)
         if "view size is not compatible" in str(error):
-            problem += "; a head flattens with .view on a non-contiguous layout: use .flatten(1) or .reshape"
+            problem += (
+                "; a .view on a non-contiguous channels_last tensor (it merges the channel dimension "
+                "with the spatial ones): use .flatten(1), .reshape or adaptive_avg_pool2d"
+            )
         return CheckReport(check, problems=(problem,))
     problems, details = compare_outputs(reference, converted, atol=atol, rtol=rtol, what=f"the {fmt} model")
     return CheckReport(check, problems=tuple(problems), details=tuple(details))

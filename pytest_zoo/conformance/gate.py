@@ -31,6 +31,16 @@ class Gate(Protocol):
     @property
     def norm_policy(self) -> NormPolicy: ...
     @property
+    def backbone_module(self) -> str | None:
+        """The path of the model's own backbone module, where it has one (``None``: no such module)."""
+        ...
+
+    @property
+    def head_bias(self) -> bool | None:
+        """Whether the head layer has a bias, where the class declares it (``None``: as the builder's)."""
+        ...
+
+    @property
     def pretrained(self) -> bool: ...
     @property
     def reinitialised(self) -> Sequence[str]: ...

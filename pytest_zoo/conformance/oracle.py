@@ -147,9 +147,7 @@ def _derived_reference(gate: Gate, name: str, model: nn.Module) -> _Reference:
     return _Reference(expected, frozenset(head_keys), head_names, "the hook-derived oracle")
 
 
-def _plan(
-    gate: Gate, name: str, reference: _Reference, swapped: nn.Module, trace: SwapTrace
-) -> _Plan:
+def _plan(gate: Gate, name: str, reference: _Reference, swapped: nn.Module, trace: SwapTrace) -> _Plan:
     """Which parameters of ``swapped`` must train, and which norm layers are the backbone's.
 
     The backbone is the model's own backbone module where it has one (:attr:`backbone_module`;

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,10 +20,11 @@ from ..models import building
 from ..models.cache import return_freed_memory
 from ..models.meta import require_values
 from ..zoo.families import InputSpec
-from . import deployment, strategies, training
+from . import attribution, deployment, strategies, training
 from . import task_io as tasks
 from .defects import _class_count
 from .failures import ConformanceFailure, FailureContext, _expect, render
+from .feature_maps import side_for_feature_maps
 from .hooks import _context, _fresh, _hooked, _raises_as_failure, _swap_steps
 from .oracle import _plan, _reference
 from .plan import _BATCHED_TASKS, _Plan, _Prepared, _Writes
@@ -44,6 +46,9 @@ def _value_check(
     writes: _Writes = "nothing",
     twin: bool = False,
     under: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+    attribute: bool = False,
+    diverge: attribution.Divergence | None = None,
+    maps: bool = False,
 ) -> None:
     """The skeleton every value check shares: hooks on the session's build, one report, the layout.
 
@@ -63,6 +68,13 @@ def _value_check(
     model to the prepared subject, for a check that loads state into a fresh model. ``run``
     returns the check's :class:`~pytest_zoo.training.CheckReport`; a skipped one (the meta
     device has no values) skips the test with its reason.
+
+    ``attribute`` runs the check under an :class:`~.attribution.Recorder` and, when it fails,
+    finds the module where the wrong values start (``diverge`` says how a mismatch check's runs
+    pair up; a mismatch is traced on a second, recorded run). A start in a module the hooks did
+    not introduce or change skips the test naming torch; anywhere else the hook is blamed, and
+    the failure says where. ``maps`` widens the input until every feature map that follows its
+    size is 2x2 or more (:func:`~.feature_maps.side_for_feature_maps`).
     """
     model = gate._model(name, device)
     io = tasks.task_io(name)
@@ -76,10 +88,14 @@ def _value_check(
         nonlocal model
         model = _fresh(gate, model)
         drawn = example  # until the hooks ran: then fitted to the model they returned
+        if maps and io.task in _BATCHED_TASKS:
+            side = side_for_feature_maps(model, io, spec, drawn, device)
+            drawn = dataclasses.replace(drawn, size=(side, side))
         mode = "train" if train else "eval"
         hook = "freeze_backbone" if freeze else "replace_head"
         tail = f"model.{mode}(); outputs = model({io.describe(drawn)})"
         fresh = building.uninitialised_copy(model) if twin else None
+        as_built = attribution.Snapshot.of(model) if attribute else None
 
         def context() -> FailureContext:
             # The reproduce lines follow how the hooks were used (an in-place swap or not).
@@ -93,17 +109,32 @@ def _value_check(
             under(),
         ):
             swapped, trace = _hooked(gate, model, n, has_head=io.has_head, freeze=freeze)
-        drawn = tasks.fit_example(example, swapped, spec, train=train)
+        drawn = tasks.fit_example(drawn, swapped, spec, train=train)
         plan = (
             _plan(gate, name, reference, swapped, trace)
             if reference is not None
             else _Plan.end_to_end(swapped)
         )
+        # What the hooks introduced or changed, decided before anything runs the model.
+        head = [
+            k
+            for k, _ in swapped.named_parameters()
+            if reference and trace.original(k) in reference.head_names
+        ]
+        changed = attribution.changed_modules(as_built, swapped, head) if as_built is not None else set()
         if writes == "anything" or (writes == "trainable" and not plan.must_train <= trace.introduced):
             swapped = copy.deepcopy(swapped)
         subject = _Prepared(name, swapped, plan, io, drawn, n, device, gate.norm_policy, fresh)
+        start: attribution.Origin | None = None
         try:
-            report = run(subject)
+            with attribution.recording(swapped, enabled=attribute) as recorder:
+                report = run(subject)
+            if attribute and report is not None and report.skipped is None and not report.ok:
+                start = attribution.origin(recorder, changed)
+                if start is None and diverge is not None:
+                    with attribution.recording(swapped, keep=True) as recorder:
+                        again = run(subject)
+                    start = attribution.origin(recorder, changed, diverge) if again and not again.ok else None
         finally:
             # A full backward leaves a model-sized set of gradients on the session's build.
             for parameter in swapped.parameters():
@@ -114,6 +145,13 @@ def _value_check(
             import pytest
 
             pytest.skip(report.skipped)
+        if start is not None and start.blames_torch():
+            import pytest
+
+            pytest.skip(start.skip_reason(what))
+        if start is not None and report is not None:
+            hooks = "replace_head or freeze_backbone" if freeze else "replace_head"
+            report = dataclasses.replace(report, details=(start.blame(hooks), *report.details))
         if report is not None and not report.ok:
             raise ConformanceFailure(
                 render(
@@ -164,6 +202,7 @@ def finite_outputs_and_backward(gate: ZooConformance, zoo_model_name: str, zoo_d
         freeze=False,
         train=True,
         under=building.uninitialised_as_nan,
+        attribute=True,
     )
 
 
@@ -178,10 +217,23 @@ def state_dict_round_trip(gate: ZooConformance, zoo_model_name: str, zoo_device:
             model = building.uninitialised_copy(as_built)
             return _hooked(gate, model, p.n, has_head=has_head, freeze=True)[0]
 
+        _move_statistics(p)
         inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
         return deployment.state_dict_round_trip(p.model, fresh, inputs)
 
-    _value_check(gate, zoo_model_name, zoo_device, "the state_dict round trip", run, twin=True)
+    _value_check(gate, zoo_model_name, zoo_device, "the state_dict round trip", run, twin=True, maps=True)
+
+
+def _move_statistics(p: _Prepared) -> None:
+    """One train-mode forward, as fine-tuning takes: running statistics leave the initial values a
+    fresh model also has, so that one the ``state_dict`` does not carry changes the reloaded
+    outputs. A model that cannot take it here is left as it is (the training checks say why)."""
+    if p.io.task not in _BATCHED_TASKS:
+        return
+    args, kwargs = p.io.inputs(p.model, p.example, p.n, p.device, train=True)
+    p.model.train()
+    with torch.no_grad(), contextlib.suppress(Exception):
+        p.model(*args, **kwargs)
 
 
 def batch_equivalence(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device) -> None:
@@ -195,7 +247,18 @@ def batch_equivalence(gate: ZooConformance, zoo_model_name: str, zoo_device: tor
         (x, *_), kwargs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
         return deployment.batch_equivalence(p.model, x, kwargs=kwargs)
 
-    _value_check(gate, zoo_model_name, zoo_device, "batch equivalence", run, min_batch=2)
+    diverge = attribution.Divergence(attribution.batch_pairs, deployment.BATCH_ATOL, deployment.BATCH_RTOL)
+    _value_check(
+        gate,
+        zoo_model_name,
+        zoo_device,
+        "batch equivalence",
+        run,
+        min_batch=2,
+        attribute=True,
+        diverge=diverge,
+        maps=True,
+    )
 
 
 def channels_last_and_autocast(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device) -> None:
@@ -207,16 +270,36 @@ def channels_last_and_autocast(gate: ZooConformance, zoo_model_name: str, zoo_de
             return report
         return deployment.precision_forward(p.model, inputs)
 
-    _value_check(gate, zoo_model_name, zoo_device, "channels_last / autocast", run)
+    diverge = attribution.Divergence(attribution.layout_pairs, deployment.LAYOUT_TOL, deployment.LAYOUT_TOL)
+    _value_check(
+        gate,
+        zoo_model_name,
+        zoo_device,
+        "channels_last / autocast",
+        run,
+        attribute=True,
+        diverge=diverge,
+        maps=True,
+    )
 
 
-def deployability(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device) -> None:
-    methods = tuple(gate.deploy)
+def deploy_methods(cls: type, session: Sequence[str] = ()) -> tuple[str, ...]:
+    """What ``test_deployability`` checks for gate class ``cls``: its own ``deploy`` where a class
+    below the base declares one (even ``()``), else the session's ``--zoo-deploy``."""
+    declared = [klass for klass in cls.__mro__ if "deploy" in vars(klass)]
+    return tuple(vars(declared[0])["deploy"]) if len(declared) > 1 else tuple(session)
+
+
+def deployability(
+    gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device, session: Sequence[str] = ()
+) -> None:
+    methods = deploy_methods(type(gate), session)
     if not methods:
         import pytest
 
         pytest.skip(
-            "deployability is opt-in: set deploy = ('export', 'compile', 'script', 'fx') on the class"
+            "deployability is opt-in: set deploy = ('export', 'compile', 'script', 'fx') on the class, "
+            "or run with --zoo-deploy=all"
         )
     declared: list[str] = []
     fixed: list[str] = []
@@ -224,7 +307,7 @@ def deployability(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.d
     def run(p: _Prepared) -> training.CheckReport | None:
         inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
         for method in methods:
-            report = deployment.deployability(p.model, inputs, method)
+            report = deployment.deployability(p.model, inputs, method)  # type: ignore[arg-type]
             exception = deployment.deploy_exception(p.name, method)
             if exception is None:
                 if not report.ok:

@@ -196,6 +196,27 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     _parametrize_zoo(metafunc, "zoo_model_name", [(n, n) for n in names])
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(
+    collector: pytest.Collector, name: str, obj: object
+) -> list[pytest.Item] | None:
+    """Collect ``test_deployability`` only in gate classes with something to deploy: their own
+    ``deploy``, else ``--zoo-deploy``. Any other name costs one comparison."""
+    if name != "test_deployability" or obj is None or not isinstance(collector, pytest.Class):
+        return None
+    if not is_conformance_class(collector.obj):
+        return None
+    from ..conformance.values import deploy_methods
+
+    return None if deploy_methods(collector.obj, _state(collector.config).options.deploy) else []
+
+
+@pytest.fixture(scope="session")
+def zoo_deploy(pytestconfig: pytest.Config) -> tuple[str, ...]:
+    """The deployment paths of ``--zoo-deploy`` (ini ``zoo_deploy``); empty when not given."""
+    return _state(pytestconfig).options.deploy
+
+
 @pytest.fixture(scope="session")
 def zoo_device(pytestconfig: pytest.Config) -> torch.device:
     """The device zoo checks run on: ``--zoo-device``, else CUDA when available, else CPU."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ..zoo.deploy_paths import METHODS as DEPLOY_METHODS
 from ..zoo.families import TASKS
 from ..zoo.selection import Patterns, SelectionError, parse_patterns
 
@@ -47,6 +48,9 @@ class ZooOptions:
     examples_source: str = "default"
     #: ``--zoo-suite``: whether ``--zoo-models`` collects the shipped suite (see :data:`SUITE_MODES`).
     suite: str = "auto"
+    #: ``--zoo-deploy``: the deployment paths ``test_deployability`` checks in every class that
+    #: declares no ``deploy`` of its own (the shipped suite included); empty: none.
+    deploy: tuple[str, ...] = ()
 
     @property
     def requested(self) -> bool:
@@ -110,6 +114,12 @@ def add_options(parser: pytest.Parser) -> None:
         "always; no never. ini: zoo_suite.",
     )
     group.addoption(
+        "--zoo-deploy",
+        metavar="PATHS",
+        help=f"check deployability ({', '.join(DEPLOY_METHODS)}, comma-separated, or all) in the "
+        "shipped suite and every gate class that declares no deploy of its own. ini: zoo_deploy.",
+    )
+    group.addoption(
         "--zoo-report",
         metavar="PATH",
         help="write a conformance report (model x check) as Markdown to PATH and as JSON beside it "
@@ -132,6 +142,7 @@ def add_options(parser: pytest.Parser) -> None:
         type="paths",
         default=[],
     )
+    parser.addini("zoo_deploy", f"deployment paths to check: {', '.join(DEPLOY_METHODS)} or all", default="")
 
 
 def _value(config: pytest.Config, name: str) -> tuple[str, str]:
@@ -189,7 +200,23 @@ def read_options(config: pytest.Config) -> ZooOptions:
         tasks=tasks,
         examples_source=examples_src,
         suite=suite,
+        deploy=read_deploy(config),
     )
+
+
+def read_deploy(config: pytest.Config) -> tuple[str, ...]:
+    """``--zoo-deploy``/``zoo_deploy`` as deployment paths in checking order; a typo is a usage error."""
+    text, source = _value(config, "zoo_deploy")
+    valid = f"Valid: {', '.join(DEPLOY_METHODS)}, or all (comma-separated, e.g. --zoo-deploy=export,fx)."
+    if config.getoption("zoo_deploy") is not None and not text.strip():
+        raise pytest.UsageError(f"--zoo-deploy is empty. {valid}")
+    words = {word.strip().lower() for word in text.split(",") if word.strip()}
+    unknown = sorted(words - {*DEPLOY_METHODS, "all"})
+    if unknown:
+        raise pytest.UsageError(
+            f"{source}={text!r}: unknown deployment path(s) {', '.join(map(repr, unknown))}. {valid}"
+        )
+    return tuple(m for m in DEPLOY_METHODS if m in words or "all" in words)
 
 
 def read_report_path(config: pytest.Config) -> Path | None:
