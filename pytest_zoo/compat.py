@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "autocast_gap",
     "default_device",
     "is_in_place",
     "mappable",
@@ -41,6 +42,12 @@ def torch_release() -> tuple[int, int]:
     import torch
 
     return release(torch.__version__)
+
+
+def torchvision_release() -> tuple[int, int]:
+    import torchvision
+
+    return release(torchvision.__version__)
 
 
 def require(feature: str, torch_version: str) -> None:
@@ -115,3 +122,22 @@ def mappable(path: str | os.PathLike[str]) -> str:
     in order to use mmap argument"); later releases take any path-like.
     """
     return os.fspath(path)
+
+
+def autocast_gap(model: torch.nn.Module, device_type: str) -> str | None:
+    """Why ``model`` cannot run under ``torch.autocast(device_type)`` with this torchvision, or ``None``.
+
+    torchvision 0.17 gave ``nms`` and ``roi_align`` a CPU autocast kernel (pytorch/vision#8049);
+    before it every detection model fails under CPU autocast inside torchvision's postprocessing
+    (``"nms_kernel" not implemented for 'BFloat16'``), whatever the user's code does.
+    """
+    import torchvision
+
+    if device_type != "cpu" or torchvision_release() >= (0, 17):
+        return None
+    if not any(type(m).__module__.startswith("torchvision.models.detection") for m in model.modules()):
+        return None
+    return (
+        "autocast on CPU of a torchvision detection model needs torchvision>=0.17 (nms and roi_align "
+        f"have no CPU autocast kernel before it; installed: torchvision {torchvision.__version__})"
+    )

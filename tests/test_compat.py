@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from pytest_zoo import compat
 
@@ -91,3 +92,20 @@ def test_a_missing_feature_skips_naming_the_release_that_has_it(pytester: pytest
     result = pytester.runpytest("-rs", "-p", "no:randomly")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*torch.frobnicate needs torch>=99.0 (installed: torch 2.*)"])
+
+
+def test_cpu_autocast_of_a_detection_model_is_a_gap_before_torchvision_0_17(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torchvision
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    detection = nn.Sequential(GeneralizedRCNNTransform(32, 64, [0.0] * 3, [1.0] * 3))
+    classifier = nn.Sequential(nn.Linear(2, 2))
+    monkeypatch.setattr(torchvision, "__version__", "0.16.2+cu121")
+    reason = compat.autocast_gap(detection, "cpu")
+    assert reason is not None and "needs torchvision>=0.17" in reason and "torchvision 0.16.2+cu121" in reason
+    assert compat.autocast_gap(classifier, "cpu") is None
+    assert compat.autocast_gap(detection, "cuda") is None
+    monkeypatch.setattr(torchvision, "__version__", "0.17.0")
+    assert compat.autocast_gap(detection, "cpu") is None
