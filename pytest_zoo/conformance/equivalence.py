@@ -160,7 +160,7 @@ def state_dict_round_trip(
             return build_fresh().to(device)
 
     with tempfile.TemporaryDirectory(prefix="pytest-zoo-round-trip-", ignore_cleanup_errors=True) as tmp:
-        path = Path(tmp) / "state_dict.pt"
+        path = str(Path(tmp) / "state_dict.pt")  # torch 2.1 maps only a str: see compat.mappable
         torch.save(model.state_dict(), path)
         saved = torch.load(path, weights_only=True, mmap=mapped, map_location=None if mapped else device)
         fresh = fresh_model()

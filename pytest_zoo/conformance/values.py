@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..compat import autocast_gap
 from ..models import building
 from ..models.cache import return_freed_memory
 from ..models.meta import require_values
@@ -268,6 +269,9 @@ def channels_last_and_autocast(gate: ZooConformance, zoo_model_name: str, zoo_de
         report = deployment.channels_last_equivalence(p.model, inputs)
         if not report.ok and report.skipped is None:
             return report
+        gap = autocast_gap(p.model, p.device.type)
+        if gap is not None:
+            return training.CheckReport("autocast", skipped=gap)
         return deployment.precision_forward(p.model, inputs)
 
     diverge = attribution.Divergence(attribution.layout_pairs, deployment.LAYOUT_TOL, deployment.LAYOUT_TOL)

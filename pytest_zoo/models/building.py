@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..compat import default_device, set_fill_uninitialized_memory
 from ..zoo.families import find_family
 from .meta import meta_fast_paths
 
@@ -126,17 +127,14 @@ def uninitialised_as_nan() -> Iterator[None]:
     ``torch.utils.deterministic.fill_uninitialized_memory``), in warn-only mode so that nothing the
     hook does is refused; the previous settings are restored on exit.
     """
-    import torch.utils.deterministic as deterministic
-
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    fill = getattr(deterministic, "fill_uninitialized_memory", True)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    setattr(deterministic, "fill_uninitialized_memory", True)  # noqa: B010 (a module property)
+    fill = set_fill_uninitialized_memory(True)
     try:
         yield
     finally:
-        setattr(deterministic, "fill_uninitialized_memory", fill)  # noqa: B010
+        set_fill_uninitialized_memory(fill)
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
@@ -265,4 +263,4 @@ def _on_device(device: torch.device | str | None) -> contextlib.AbstractContextM
     every build is one, that was a fifth of the time.
     """
     target = torch.device(device if device is not None else "cpu")
-    return contextlib.nullcontext() if torch.get_default_device() == target else torch.device(target)
+    return contextlib.nullcontext() if default_device() == target else torch.device(target)

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 
+from ..compat import is_in_place
+
 __all__ = ["meta_fast_paths", "require_values"]
 
 _FRESH, _ELEMENTWISE, _IN_PLACE, _UNCACHED = "fresh", "elementwise", "in-place", "uncached"
@@ -73,7 +75,7 @@ def _updates_values_of_self(func: torch._ops.OpOverload) -> bool:
         argument for argument in schema.arguments if argument.alias_info and argument.alias_info.is_write
     ]
     return (
-        torch.Tag.inplace in func.tags
+        is_in_place(func)
         and torch.Tag.inplace_view not in func.tags
         and "resize" not in schema.name
         and len(written) == 1

@@ -13,6 +13,7 @@ from unittest import mock
 import torch
 from torch import nn
 
+from ..compat import mappable
 from ..models.building import poisoned_init
 from ..models.cache import active_cache
 from .cases import MetadataMismatch, WeightsCase
@@ -63,6 +64,7 @@ def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[n
     def load(f: Any, *args: Any, **kw: Any) -> Any:
         if isinstance(f, (str, os.PathLike)):
             kw.setdefault("mmap", True)
+            f = mappable(f)
         loaded = original_load(f, *args, **kw)
         read.append((os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f), loaded))
         return loaded

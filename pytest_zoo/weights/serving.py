@@ -36,6 +36,7 @@ from unittest import mock
 import torch
 
 from ..atomic import replace_atomically
+from ..compat import mappable
 from ..models.building import poisoned_init, real_init
 from .cases import WeightsCase
 
@@ -190,6 +191,7 @@ class PretrainedServer:
         def load(f: Any, *args: Any, **kwargs: Any) -> Any:
             if self.is_served(f) and self.sources.get(os.path.basename(os.fspath(f))) == "fabricated":
                 kwargs.setdefault("mmap", True)  # the user's files may predate the zip format
+                f = mappable(f)
             return original_load(f, *args, **kwargs)
 
         with contextlib.ExitStack() as stack:
