@@ -263,6 +263,8 @@ def make(name):
         check_head(name, model, n, before)
         freeze_backbone(model)
         head = {f"{p}.{k}" for p in before for k, _ in model.get_submodule(p).named_parameters()}
+        if hasattr(model, "backbone"):  # segmentation, detection: everything outside model.backbone trains
+            head = {k for k, _ in model.named_parameters() if not k.startswith("backbone.")}
         check_freeze(model, head)
 
     return test

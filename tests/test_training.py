@@ -172,7 +172,8 @@ def test_a_parameter_with_an_exactly_zero_gradient_trains_and_an_unused_one_is_n
     frozen = used - {"dead.bias"}
     only_problem(
         training_step(model, ((x,), {}), lambda y: y.square().mean(), must_train=frozen),  # type: ignore[union-attr]
-        "1 parameters (dead.bias) that must stay frozen changed (or got a .grad)",
+        "1 parameters (dead.bias) that must stay frozen changed in one SGD step over model.parameters(), "
+        "or got a .grad",
     )
 
 

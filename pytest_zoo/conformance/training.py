@@ -374,8 +374,8 @@ def training_step(
             )
     if moved:
         problems.append(
-            f"{_listed(moved, 'parameters')} that must stay frozen changed (or got a .grad) in one SGD "
-            "step over model.parameters(): they still have requires_grad=True"
+            f"{_listed(moved, 'parameters')} that must stay frozen changed in one SGD step over "
+            "model.parameters(), or got a .grad: they still have requires_grad=True"
         )
     if drifted:
         problems.append(
