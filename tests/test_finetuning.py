@@ -40,13 +40,16 @@ def gates(models: tuple[str, ...], *, pretrained: bool) -> str:
 
 
 THREE = ("resnet18", "squeezenet1_0", "inception_v3")
+#: The default run's share of the three: every check on resnet18; on SqueezeNet and Inception the
+#: checks a rebuild used to fail and the new one (the rest run in the opt-in sweep).
+REBUILD_CHECKS = "resnet18 or head_matches or freeze_counts or gradients or dtype or training or pretrained"
 SIX = ("resnet18", "alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3")
 
 
 @pytest.mark.parametrize(
     ("models", "pretrained", "gate"),
     [
-        pytest.param(THREE, True, "TestFactory", id="factory-pretrained-3"),
+        pytest.param(THREE, True, f"TestFactory and ({REBUILD_CHECKS})", id="factory-pretrained-3"),
         pytest.param(("resnet18",), True, "TestHooks", id="hooks-pretrained-resnet18"),
         pytest.param(("resnet18",), False, "", id="both-scratch-resnet18"),
         pytest.param(SIX, True, "", id="both-pretrained-6", marks=pytest.mark.zoo_projects),
@@ -63,7 +66,9 @@ def test_the_tutorial_passes_through_its_factory_and_through_the_three_hooks(
         pytester, gates(models, pretrained=pretrained), *(["-k", gate] if gate else []), tutorial=TUTORIAL
     )
     runs = len(models) * (1 if gate else 2)
-    if pretrained:
+    if "resnet18 or" in gate:
+        result.assert_outcomes(passed=CHECKS + 6 * (len(models) - 1))
+    elif pretrained:
         result.assert_outcomes(passed=CHECKS * runs)
     else:  # nothing requested, nothing declared: the pretrained check has nothing to check
         result.assert_outcomes(passed=(CHECKS - 1) * runs, skipped=runs)
