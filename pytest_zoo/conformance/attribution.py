@@ -8,12 +8,13 @@ kernel problem (autocast, channels_last, finite outputs, batch equivalence) run 
 nondeterministic kernel is caught in the act rather than hunted on a rerun it may not repeat.
 
 :func:`origin` then finds the first module, in execution order, whose inputs were fine and whose
-output was not: non-finite (:data:`NONFINITE`), or beyond the check's tolerance from its reference
-run (:class:`Divergence`). Forward hooks fire when a module returns, children before their parent,
-so the innermost module wins; a container is named only when its own code, between its children,
-made the value. :func:`changed_modules` says which modules the hooks introduced or changed
-(new objects, new or rewritten tensors, a patched ``forward``, hooks of their own, the
-class-dependent head): a problem that starts anywhere else is torch's or the architecture's.
+output was not: non-finite, or (a :class:`Divergence`, traced on a recorded rerun: a mismatch of
+finite values is deterministic) beyond the check's tolerance from its reference run. Forward hooks
+fire when a module returns, children before their parent, so the innermost module wins; a
+container is named only when its own code, between its children, made the value.
+:func:`changed_modules` says which modules the hooks introduced or changed (new objects, new or
+rewritten tensors, a patched ``forward``, hooks of their own, the class-dependent head): a problem
+that starts anywhere else is torch's or the architecture's.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ __all__ = [
     "Origin",
     "Recorder",
     "Snapshot",
+    "batch_pairs",
     "changed_modules",
+    "layout_pairs",
     "origin",
+    "recording",
     "tolerance_scale",
     "within_tolerance",
 ]
@@ -157,6 +161,8 @@ class Recorder:
 
     def __enter__(self) -> Recorder:
         for path, module in self.model.named_modules():
+            if isinstance(module, torch.jit.ScriptModule):
+                continue  # TorchScript runs no Python hooks; its caller is recorded instead
             self._handles.append(module.register_forward_pre_hook(self._before(path), with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._after(), with_kwargs=True))
         return self

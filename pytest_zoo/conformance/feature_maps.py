@@ -6,20 +6,23 @@ reshape that mixes the batch with the spatial positions. The checks that exist f
 (channels_last, batch equivalence, the round trip) therefore run where the deepest map is at least
 2x2 in both spatial dimensions, at the smallest such side the model's geometry allows.
 
-The deepest map is measured, not assumed: one-image eval forwards of the model as built, with a
-:class:`~.attribution.Recorder` noting every module's output shape. A map whose size does not follow
-the input (a global pool's 1x1, a squeeze-excitation's) is told apart by a probe at about twice the
-side; the side is then the smallest legal one at which every map that follows the input is 2x2 or
-more (the next legal side first, a bisection after), typically three forwards of a few dozen pixels.
+The deepest map is measured, not assumed: one-image eval forwards of a meta-device copy of the model
+as built (shapes only, through :func:`~pytest_zoo.models.meta.meta_fast_paths`: no kernel computes,
+no kernel is set up for a new shape), with a :class:`~.attribution.Recorder` noting every module's
+output shape. A map whose size does not follow the input (a global pool's 1x1, a squeeze-excitation's)
+is told apart by a probe at about twice the side; the side is then the smallest legal one at which
+every map that follows the input is 2x2 or more (the next legal side first, a bisection after).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
 from torch import nn
 
+from ..models.meta import meta_fast_paths
 from ..zoo.families import InputSpec
 from . import task_io as tasks
 from .attribution import Recorder
@@ -29,15 +32,23 @@ __all__ = ["side_for_feature_maps"]
 _Maps = dict[tuple[tuple[str, int], int], tuple[int, ...]]
 
 
-def _maps(
-    model: nn.Module, io: tasks.TaskIO, example: tasks.Example, side: int, device: torch.device
-) -> _Maps:
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """``model``'s module tree on the meta device, without copying a weight."""
+    memo: dict[int, object] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        empty = torch.empty_like(tensor, device="meta")
+        memo[id(tensor)] = (
+            nn.Parameter(empty, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else empty
+        )
+    return copy.deepcopy(model, memo)
+
+
+def _maps(model: nn.Module, io: tasks.TaskIO, example: tasks.Example, side: int) -> _Maps:
     """The spatial size of every 4-d and 5-d output of one eval forward of one ``side``-pixel input."""
-    args, kwargs = io.inputs(
-        model, dataclasses.replace(example, batch=1, size=(side, side)), 2, device, train=False
-    )
+    one = dataclasses.replace(example, batch=1, size=(side, side))
+    args, kwargs = io.inputs(model, one, 2, torch.device("meta"), train=False)
     model.eval()
-    with torch.no_grad(), Recorder(model, values=False) as recorder:
+    with torch.no_grad(), meta_fast_paths(), Recorder(model, values=False) as recorder:
         model(*args, **kwargs)
     return {
         (call.key, i): shape[-2:]
@@ -68,8 +79,9 @@ def side_for_feature_maps(
         return max(spec.sizes()[0], -(-value // step) * step)
 
     try:
-        small = _maps(model, io, example, side, device)
-        large = _maps(model, io, example, legal(2 * side + 1), device)
+        shadow = _meta_copy(model)
+        small = _maps(shadow, io, example, side)
+        large = _maps(shadow, io, example, legal(2 * side + 1))
         following = [key for key in small.keys() & large.keys() if small[key] != large[key]]
 
         def enough(maps: _Maps) -> bool:
@@ -80,7 +92,7 @@ def side_for_feature_maps(
         low, high = side, legal(2 * side + 1)  # not enough at low; enough at high
         candidate = legal(side + 1)
         while candidate < high:
-            if enough(_maps(model, io, example, candidate, device)):
+            if enough(_maps(shadow, io, example, candidate)):
                 high = candidate
             else:
                 low = candidate
