@@ -411,3 +411,21 @@ def test_a_file_recorded_with_the_old_task_word_loads_in_the_current_one(tmp_pat
     loaded = load_snapshot(path).models["quantized_resnet18"]
     assert loaded == {"task": "quantized", "x": 1}
     assert diff_facts(loaded, {"task": "quantized", "x": 1}) == []
+
+
+def test_a_format_1_file_loads_and_the_header_says_what_it_cannot_compare(pytester: pytest.Pytester) -> None:
+    """Format 1 held ``[mean, std]`` per tensor: it compares by those, and says how to get more."""
+    v1 = {"format": FORMAT, "format_version": 1, "header": {"torch": "2.13.0"}, "models": {}}
+    (pytester.path / "zoo.json").write_text(json.dumps(v1))
+    assert load_snapshot(pytester.path / "zoo.json").format_version == 1
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--zoo-snapshot=zoo.json", "-k", "none_such"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "zoo snapshot (compare): *zoo.json, 0 model(s) recorded with torch 2.13.0; now *",
+            "zoo snapshot: recorded in format 1, so fingerprints compare by mean and std only; "
+            "record it again with --zoo-snapshot-update to compare each tensor's distribution shape, "
+            "zeros and range too",
+        ]
+    )

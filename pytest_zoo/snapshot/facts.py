@@ -190,7 +190,7 @@ def _head_paths(model: nn.Module) -> list[str] | None:
 def _fingerprint(
     name: str, kwargs: dict[str, Any], inputs: list[tuple[int, ...]] | None, *, classifier: bool, seed: int
 ) -> dict[str, Any]:
-    """Seeded real build: mean/std of every state_dict tensor, and of the features entering the head.
+    """Seeded real build: the statistics of every state_dict tensor, mean/std of the head's features.
 
     Features are taken for image classifiers only: their canonical input is small, while a real
     video or detection forward would cost more than all the rest of the facts together.
