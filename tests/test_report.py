@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from zoo_sessions import assert_clean, gate_checks, tiny_gate, write
@@ -73,3 +75,56 @@ def test_an_unwritable_report_path_is_a_usage_error_before_anything_runs(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--zoo-report={path}: cannot write the zoo report to *: {problem}*"])
     result.stdout.no_fnmatch_line("*collected*")
+
+
+#: Recorded with the kit on torch 2.1.2 / torchvision 0.16.2 (Python 3.10): ConvNeXt-T, whose
+#: trunc_normal_ layers torch 2.14 draws differently from the same seed, and SqueezeNet 1.1.
+OLD_SNAPSHOT = Path(__file__).parent / "data" / "zoo-snapshot-torch2.1.2-subset.json"
+
+
+def test_a_real_upgrade_is_one_grouped_change_in_the_summary_and_the_report(
+    pytester: pytest.Pytester,
+) -> None:
+    """torchvision 0.17 made the classification transforms antialias; nothing else changed."""
+    from torchvision import __version__ as torchvision_version
+
+    if tuple(int(p) for p in torchvision_version.split(".")[:2]) < (0, 17):
+        pytest.skip(f"the snapshot was recorded on torchvision 0.16; this is {torchvision_version}")
+    shutil.copy(OLD_SNAPSHOT, pytester.path / "zoo.json")
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "--zoo-snapshot=zoo.json",
+        "--zoo-report=report.md",
+        "-k",
+        "convnext_tiny or squeezenet1_1",
+    )
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*zoo snapshot (compare)*2 model(s) recorded with torchvision 0.16.2, torch 2.1.2*",
+            "*convnext_tiny changed in 1 field(s): weights (1)",
+            '  weights.IMAGENET1K_V1.transforms.antialias: "warn" -> true',
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "by cause, across models: 2 change(s) from 1 cause(s):",
+            '  weights.<enum>.transforms.antialias: "warn" -> true [2 enums]: '
+            "ConvNeXt_Tiny_Weights.IMAGENET1K_V1, SqueezeNet1_1_Weights.IMAGENET1K_V1",
+        ],
+        consecutive=True,
+    )
+    result.stdout.no_fnmatch_line("*fingerprint*")  # 59 of ConvNeXt's tensors are drawn differently
+    text = (pytester.path / "report.md").read_text()
+    assert "### Upgrade snapshot: 2 change(s) from 1 cause(s)" in text
+    assert (
+        '1. `weights.<enum>.transforms.antialias: "warn" -> true` [2 enums]: '
+        "ConvNeXt_Tiny_Weights.IMAGENET1K_V1, SqueezeNet1_1_Weights.IMAGENET1K_V1"
+    ) in text
+    data = json.loads((pytester.path / "zoo.json").read_text())  # the snapshot: never written here
+    assert data["header"]["torch"] == "2.1.2"
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert [e["where"] for e in report["snapshot_changes"]["squeezenet1_1"]] == [
+        "SqueezeNet1_1_Weights.IMAGENET1K_V1"
+    ]

@@ -124,11 +124,12 @@ def test_record_compare_plant_update_workflow(pytester: pytest.Pytester) -> None
     )
     result.stdout.fnmatch_lines(["*squeezenet1_0 changed in 1 field(s): fingerprint (1)"])
     init = re.search(
-        r"fingerprint\.params\[classifier\.1\.weight\]: \[(\S+), (\S+)\] -> \[(\S+), (\S+)\]", out
+        r"fingerprint\.params\[classifier\.1\.weight\]: std (\S+) -> (\S+) \(x\S+, (\d+) standard errors\)",
+        out,
     )
     assert init is not None, out
-    std_before, std_after = float(init[2]), float(init[4])
-    assert std_after / std_before == pytest.approx(2.0, rel=0.05)  # normal(0, 0.01) -> normal(0, 0.02)
+    assert float(init[2]) / float(init[1]) == pytest.approx(2.0, rel=0.05)  # normal(0, 0.01) -> (0, 0.02)
+    assert int(init[3]) > 100  # far beyond a redraw's move (at most 8 standard errors)
     result.stdout.fnmatch_lines(["*mnasnet0_5 was removed: it is in *zoo.json*no longer has it*"])
     result.stdout.fnmatch_lines(["SKIPPED*new model: zoo_tiny_net is not in *zoo.json*"])
     result.stdout.fnmatch_lines(
@@ -137,6 +138,10 @@ def test_record_compare_plant_update_workflow(pytester: pytest.Pytester) -> None
             "changed: 2: squeezenet1_0 (fingerprint), squeezenet1_1 (weights)",
             "removed: 1: mnasnet0_5",
             "new: 1: zoo_tiny_net",
+            "by cause, across models: 2 change(s) from 2 cause(s):",
+            "  fingerprint: std x2 [1 tensor in 1 model]: squeezenet1_0 classifier.1.weight",
+            f"  weights.<enum>.min_size: {json.dumps(before_min_size)} -> [32, 32] [1 enum]: "
+            "SqueezeNet1_1_Weights.IMAGENET1K_V1",
         ]
     )
     assert snapshot.read_bytes() == recorded, "a comparing run must never write the snapshot"
@@ -340,36 +345,45 @@ def test_merge_keeps_untouched_entries_and_drops_only_removed() -> None:
     assert old.models["change"] == {"v": 1}
 
 
-def test_diff_names_each_field_and_respects_the_fingerprint_tolerance() -> None:
+def test_diff_names_each_field_and_judges_fingerprints_as_samples() -> None:
+    # [mean, std, n, kurtosis, kurtosis_spread, zeros, min, low, high, max] of a 512x10 weight
+    weight = [1e-4, 0.05, 5120, 3.0, 4.9, 0.0, -0.19, -0.14, 0.14, 0.19]
     before = {
         "num_params": 10,
-        "state_dict": {"fc.weight": [10, 4], "fc.bias": [10]},
-        "fingerprint": {"params": {"fc.weight": [0.001, 0.5]}, "features": {"mean_std": [1.0, 2.0]}},
+        "state_dict": {"fc.weight": [10, 512], "fc.bias": [10]},
+        "fingerprint": {"params": {"fc.weight": weight}, "features": {"mean_std": [1.0, 2.0]}},
     }
-    noise = 0.5 * PARAM_TOLERANCE.rel
+    redrawn = [-4e-4, 0.0502, 5120, 3.05, 4.8, 0.0, -0.2, -0.15, 0.138, 0.18]  # within a redraw's spread
     after = {
         "num_params": 12,
-        "state_dict": {"fc.weight": [12, 4], "head.bias": [12]},
-        "fingerprint": {
-            "params": {"fc.weight": [0.001 + noise * 0.5, 0.5]},
-            "features": {"mean_std": [1.0, 2.001]},
-        },
+        "state_dict": {"fc.weight": [12, 512], "head.bias": [12]},
+        "fingerprint": {"params": {"fc.weight": redrawn}, "features": {"mean_std": [1.0, 2.5]}},
     }
     changes = diff_facts(before, after)
     assert [str(c) for c in changes] == [
         "num_params: 10 -> 12",
         "state_dict[fc.bias]: removed (was [10])",
-        "state_dict[fc.weight]: [10, 4] -> [12, 4]",
+        "state_dict[fc.weight]: [10, 512] -> [12, 512]",
         "state_dict[head.bias]: added [12]",
-    ]
-    after["fingerprint"]["params"]["fc.weight"] = [0.001, 0.55]  # type: ignore[index]
+    ]  # and the features, which moved, are not compared: the parameters are another draw
+    after["fingerprint"]["params"]["fc.weight"] = [1e-4, 0.1, 5120, 3.0, 4.9, 0.0, -0.38, -0.28, 0.28, 0.38]  # type: ignore[index]
     (change,) = [c for c in diff_facts(before, after) if c.path[0] == "fingerprint"]
-    assert str(change) == "fingerprint.params[fc.weight]: [0.001, 0.5] -> [0.001, 0.55]"
-    report = format_changes("m", diff_facts(before, after))
-    assert (
-        report.splitlines()[0]
-        == "zoo snapshot: m changed in 5 field(s): fingerprint (1), num_params (1), state_dict (3)"
-    )
+    assert str(change) == "fingerprint.params[fc.weight]: std 0.05 -> 0.1 (x2, 50 standard errors)"
+    assert change.kind == "std x2"
+    report = format_changes("m", diff_facts(before, after), limit=2)
+    assert report.splitlines() == [
+        "zoo snapshot: m changed in 5 field(s): fingerprint (1), num_params (1), state_dict (3)",
+        "  " + str(change),
+        "  num_params: 10 -> 12",
+        "  ... and 3 more (run with -v to see them all)",
+    ]
+
+
+def test_features_are_compared_when_the_parameters_are_the_same_draw() -> None:
+    fingerprint = {"params": {"w": [0.0, 1.0, 100]}, "features": {"mean_std": [1.0, 2.0]}}
+    moved = {"params": {"w": [0.0, 1.0, 100]}, "features": {"mean_std": [1.0, 2.5]}}
+    (change,) = diff_facts({"fingerprint": fingerprint}, {"fingerprint": moved})
+    assert str(change) == "fingerprint.features.mean_std: [1.0, 2.0] -> [1.0, 2.5]"
 
 
 def test_load_error_names_the_way_out(tmp_path: Path) -> None:
@@ -397,3 +411,21 @@ def test_a_file_recorded_with_the_old_task_word_loads_in_the_current_one(tmp_pat
     loaded = load_snapshot(path).models["quantized_resnet18"]
     assert loaded == {"task": "quantized", "x": 1}
     assert diff_facts(loaded, {"task": "quantized", "x": 1}) == []
+
+
+def test_a_format_1_file_loads_and_the_header_says_what_it_cannot_compare(pytester: pytest.Pytester) -> None:
+    """Format 1 held ``[mean, std]`` per tensor: it compares by those, and says how to get more."""
+    v1 = {"format": FORMAT, "format_version": 1, "header": {"torch": "2.13.0"}, "models": {}}
+    (pytester.path / "zoo.json").write_text(json.dumps(v1))
+    assert load_snapshot(pytester.path / "zoo.json").format_version == 1
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--zoo-snapshot=zoo.json", "-k", "none_such"
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "zoo snapshot (compare): *zoo.json, 0 model(s) recorded with torch 2.13.0; now *",
+            "zoo snapshot: recorded in format 1, so fingerprints compare by mean and std only; "
+            "record it again with --zoo-snapshot-update to compare each tensor's distribution shape, "
+            "zeros and range too",
+        ]
+    )

@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 
 from ..atomic import write_text_atomically
+from ..snapshot import group_entries
 from ..zoo.families import find_family
 from .listing import table, version
+from .snapshots import PROPERTY as SNAPSHOT_PROPERTY
 
 __all__ = [
     "ZooOutcome",
@@ -189,6 +191,8 @@ class ZooReport:
         self.config = config
         self.path = path
         self.entries: dict[str, ReportEntry] = {}
+        #: model -> its snapshot changes as changelog entries (from the snapshot check's report)
+        self.snapshot_changes: dict[str, list[dict[str, str]]] = {}
         self.written = ""
 
     @property
@@ -199,6 +203,9 @@ class ZooReport:
         model = _report_model(report)
         if model is None:
             return
+        for key, value in report.user_properties:
+            if key == SNAPSHOT_PROPERTY and isinstance(value, dict) and value.get("changes"):
+                self.snapshot_changes[model] = value["changes"]
         entry = self.entries.setdefault(
             report.nodeid, ReportEntry(report.nodeid, model, check_name(report.nodeid))
         )
@@ -227,6 +234,7 @@ class ZooReport:
             "checks": checks,
             "models": models,
             "tests": [dataclasses.asdict(e) for e in entries],
+            "snapshot_changes": dict(sorted(self.snapshot_changes.items())),
         }
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -284,4 +292,23 @@ def render_report(data: dict[str, Any]) -> str:
     if notes:
         lines += ["", "Not passed:", ""]
         lines += [f"{number}. {key}" for key, number in notes.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _snapshot_section(data.get("snapshot_changes") or {})) + "\n"
+
+
+def _snapshot_section(changes: dict[str, list[dict[str, str]]]) -> list[str]:
+    """The snapshot changes as a changelog (each cause once, every place named), then every change."""
+    entries = [entry for model in sorted(changes) for entry in changes[model]]
+    groups = group_entries(entries)
+    if not groups:
+        return []
+    lines = ["", f"### Upgrade snapshot: {len(entries)} change(s) from {len(groups)} cause(s)", ""]
+    lines += [
+        f"{i}. `{_cell(g.cause)}` {g.headline().removeprefix(g.cause).strip()}: {g.places()}"
+        for i, g in enumerate(groups, 1)
+    ]
+    lines += ["", "<details><summary>Every change, model by model</summary>", ""]
+    for model in sorted(changes):
+        lines += [f"**{model}** ({len(changes[model])})", ""]
+        lines += [f"- `{_cell(entry['text'])}`" for entry in changes[model]]
+        lines.append("")
+    return [*lines, "</details>"]

@@ -20,13 +20,17 @@ import pytest
 
 from ..guards.network import network_guard
 from ..snapshot import (
+    FORMAT_NOTES,
+    SHOWN_CHANGES,
     Facts,
     Snapshot,
     SnapshotFileError,
+    changelog,
     collect_facts,
     current_header,
     describe_header,
     diff_facts,
+    entries_for,
     format_changes,
     load_snapshot,
     merge_snapshot,
@@ -129,6 +133,8 @@ class SnapshotPlugin:
     removed: set[str] = field(default_factory=set)
     #: model -> (status, detail), filled from reports so that it also works on the xdist controller.
     outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: model -> its changes as changelog entries, from the same reports.
+    changes: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     failed: set[str] = field(default_factory=set)
     written: str | None = None
 
@@ -162,8 +168,13 @@ class SnapshotPlugin:
 
     # -- running ---------------------------------------------------------------------------
 
-    def _outcome(self, item: pytest.Item, status: str, detail: str = "") -> None:
-        item.user_properties.append((PROPERTY, {"model": item.name, "status": status, "detail": detail}))
+    def _outcome(
+        self, item: pytest.Item, status: str, detail: str = "", entries: list[dict[str, str]] | None = None
+    ) -> None:
+        outcome: dict[str, Any] = {"model": item.name, "status": status, "detail": detail}
+        if entries:
+            outcome["changes"] = entries
+        item.user_properties.append((PROPERTY, outcome))
 
     def check(self, item: SnapshotItem) -> None:
         name, update = item.name, self.options.update
@@ -198,8 +209,9 @@ class SnapshotPlugin:
             self._outcome(item, status, tally)
             return
         if changes:
-            self._outcome(item, "changed", tally)
-            raise SnapshotMismatch(format_changes(name, changes))
+            self._outcome(item, "changed", tally, entries_for(name, changes, weights_enum_name))
+            limit = None if self.config.get_verbosity() > 0 else SHOWN_CHANGES
+            raise SnapshotMismatch(format_changes(name, changes, limit))
         self._outcome(item, "unchanged")
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -207,6 +219,8 @@ class SnapshotPlugin:
         for key, value in report.user_properties:
             if key == PROPERTY and isinstance(value, dict):
                 self.outcomes[value["model"]] = (value["status"], value.get("detail", ""))
+                if value.get("changes"):
+                    self.changes[value["model"]] = value["changes"]
         if report.failed and report.nodeid.startswith(f"{COLLECTOR_NODEID}::"):
             self.failed.add(report.nodeid)
 
@@ -242,10 +256,12 @@ class SnapshotPlugin:
         mode = "update" if self.options.update else "compare"
         if self.snapshot is None:
             return f"zoo snapshot ({mode}): {self.options.path} (new file)"
-        return (
+        line = (
             f"zoo snapshot ({mode}): {self.options.path}, {len(self.snapshot.models)} model(s) recorded "
             f"with {describe_header(self.snapshot.header)}; now {describe_header(current_header())}"
         )
+        note = FORMAT_NOTES.get(self.snapshot.format_version)
+        return f"{line}\nzoo snapshot: {note}" if note and not self.options.update else line
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker or not (self.outcomes or self.written):
@@ -260,8 +276,25 @@ class SnapshotPlugin:
                 continue
             shown = models if status != "unchanged" or len(models) <= 10 else [*models[:10], "..."]
             terminalreporter.line(f"{status}: {len(models)}: {', '.join(shown)}")
+        grouped = changelog(
+            (entry for _, entries in sorted(self.changes.items()) for entry in entries),
+            limit=None if self.config.get_verbosity() > 0 else 10,
+        )
+        if grouped:
+            terminalreporter.line(f"by cause, across models: {grouped[0]}")
+            terminalreporter.line("\n".join(grouped[1:]))
         if self.written:
             terminalreporter.line(self.written)
+
+
+def weights_enum_name(model: str) -> str:
+    """The class name of ``model``'s weights enum (``ResNet18_Weights``), to name its members."""
+    from torchvision.models import get_model_weights
+
+    try:
+        return str(get_model_weights(model).__name__)
+    except Exception:  # a user-registered builder without weights: name the model instead
+        return model
 
 
 @dataclass(eq=False)  # hashable: registered with the plugin manager

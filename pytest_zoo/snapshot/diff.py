@@ -1,8 +1,8 @@
 """Comparing two snapshots' facts: every field that changed, ``before -> after``, and nothing else.
 
-Fingerprint summaries compare within a tolerance (float summation order and kernel choice move
-them a little between runs; a changed initialiser moves them a lot); every other fact compares
-exactly. Nothing here imports torch.
+Fingerprint tensors compare as samples of their initialiser (:mod:`.stats`: a redraw is no change,
+another initialiser is); the features entering the head compare within a tolerance, when the
+parameters are the same draw; every other fact compares exactly. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -14,8 +14,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from .file import plain
+from .stats import cause, judge
 
-__all__ = ["FEATURE_TOLERANCE", "PARAM_TOLERANCE", "Change", "Tolerance", "diff_facts", "format_changes"]
+__all__ = [
+    "FEATURE_TOLERANCE",
+    "MISSING",
+    "PARAM_TOLERANCE",
+    "SHOWN_CHANGES",
+    "Change",
+    "Tolerance",
+    "diff_facts",
+    "format_changes",
+]
 
 
 @dataclass(frozen=True)
@@ -43,24 +53,31 @@ class Tolerance:
         )
 
 
-#: Parameter summaries are float32 reductions (~1e-6 relative) of bit-identical values, stored to
-#: 7 significant digits: 1e-4 of the scale leaves ample room for rounding and reduction order,
-#: while a changed initialiser (distribution, gain, fan mode) moves the std by far more.
+#: Two parameter summaries within this are the same draw (float32 reductions, ~1e-6 relative, of
+#: bit-identical values, stored to 7 digits): then the features are comparable too.
 PARAM_TOLERANCE = Tolerance(rel=1e-4, abs=0.0)
 #: Features come from a float32 forward whose kernels (oneDNN, MKL, thread count) may change with
 #: torch itself; 1e-3 of the scale absorbs that and still catches a changed layer or activation.
 FEATURE_TOLERANCE = Tolerance(rel=1e-3, abs=0.0)
 
-_MISSING: Any = object()
+#: A key on one side only.
+MISSING: Any = object()
 
 
 @dataclass(frozen=True)
 class Change:
-    """One field that differs: its path in the facts, and the values before and after."""
+    """One field that differs: its path in the facts, and the values before and after.
+
+    A fingerprint tensor that is no redraw of its initialiser carries ``note``, what its
+    statistics say (shown instead of the raw summaries), and ``kind``, the same without numbers,
+    by which the report groups one cause across tensors and models.
+    """
 
     path: tuple[str, ...]
     before: Any
     after: Any
+    note: str = ""
+    kind: str = ""
 
     @property
     def where(self) -> str:
@@ -69,10 +86,12 @@ class Change:
         return "".join(parts)
 
     def __str__(self) -> str:
-        if self.before is _MISSING:
+        if self.before is MISSING:
             return f"{self.where}: added {_show(self.after)}"
-        if self.after is _MISSING:
+        if self.after is MISSING:
             return f"{self.where}: removed (was {_show(self.before)})"
+        if self.note:
+            return f"{self.where}: {self.note}"
         return f"{self.where}: {_show(self.before)} -> {_show(self.after)}"
 
 
@@ -82,18 +101,64 @@ def _show(value: Any, limit: int = 120) -> str:
 
 
 def _tolerance_for(path: tuple[str, ...]) -> Tolerance | None:
-    if path[:2] == ("fingerprint", "params"):
-        return PARAM_TOLERANCE
     if path == ("fingerprint", "features", "mean_std"):
         return FEATURE_TOLERANCE
     return None
 
 
-def _summaries_close(before: Any, after: Any, tolerance: Tolerance) -> bool:
+def _numbers(value: Any) -> list[float] | None:
     try:
-        return tolerance.close([float(x) for x in before], [float(x) for x in after])
-    except (TypeError, ValueError):  # not a pair of numbers after all: compare exactly
+        return [float(x) for x in value]
+    except (TypeError, ValueError):
+        return None
+
+
+def _summaries_close(before: Any, after: Any, tolerance: Tolerance) -> bool:
+    a, b = _numbers(before), _numbers(after)
+    if a is None or b is None:  # not a list of numbers after all: compare exactly
         return bool(before == after)
+    return tolerance.close(a, b)
+
+
+def _diff_params(
+    before: Mapping[str, Any], after: Mapping[str, Any], shapes: Mapping[str, Any]
+) -> tuple[list[Change], bool]:
+    """Each tensor judged as a sample of its initialiser; and whether every one is the same draw."""
+    changes: list[Change] = []
+    same_draw = True
+    for key in sorted(set(before) | set(after)):
+        path = ("fingerprint", "params", key)
+        a, b = before.get(key, MISSING), after.get(key, MISSING)
+        if a is MISSING or b is MISSING or not isinstance(a, list) or not isinstance(b, list):
+            same_draw = False
+            if a != b:
+                changes.append(Change(path, a, b))
+            continue
+        same_draw = same_draw and _summaries_close(a[:2], b[:2], PARAM_TOLERANCE)
+        shape = shapes.get(key)
+        findings = judge(a, b, shape if isinstance(shape, list) else None)
+        if findings:
+            note = "; ".join(f.detail for f in findings)
+            changes.append(Change(path, a, b, note=note, kind=cause(findings)))
+    return changes, same_draw
+
+
+def _diff_fingerprint(
+    before: Mapping[str, Any], after: Mapping[str, Any], shapes: Mapping[str, Any]
+) -> list[Change]:
+    """Parameters as samples; the features only when every parameter is the same draw on both sides.
+
+    The features come from a forward through the drawn parameters: once torch draws them
+    differently, the features move for that reason alone, by an amount nothing here can bound.
+    """
+    changes, same_draw = _diff_params(before.get("params", {}), after.get("params", {}), shapes)
+    rest_before = {k: v for k, v in before.items() if k != "params"}
+    rest_after = {k: v for k, v in after.items() if k != "params"}
+    if not same_draw:
+        for rest in (rest_before, rest_after):
+            if isinstance(rest.get("features"), Mapping):
+                rest["features"] = {k: v for k, v in rest["features"].items() if k != "mean_std"}
+    return changes + diff_facts(rest_before, rest_after, ("fingerprint",))
 
 
 def diff_facts(
@@ -101,15 +166,19 @@ def diff_facts(
 ) -> list[Change]:
     """Every leaf that differs between two facts dicts, in sorted path order.
 
-    Lists are leaves (shapes, summaries); fingerprint numbers compare within their tolerance.
+    Lists are leaves (shapes, summaries); fingerprint tensors compare as samples (:mod:`.stats`),
+    features within their tolerance.
     """
     changes: list[Change] = []
     for key in sorted(set(before) | set(after)):
         path = (*_path, key)
-        a, b = before.get(key, _MISSING), after.get(key, _MISSING)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
+        a, b = before.get(key, MISSING), after.get(key, MISSING)
+        if path == ("fingerprint",) and isinstance(a, Mapping) and isinstance(b, Mapping):
+            shapes = before.get("state_dict") or after.get("state_dict") or {}
+            changes += _diff_fingerprint(a, b, shapes if isinstance(shapes, Mapping) else {})
+        elif isinstance(a, Mapping) and isinstance(b, Mapping):
             changes += diff_facts(a, b, path)
-        elif a is _MISSING or b is _MISSING:
+        elif a is MISSING or b is MISSING:
             changes.append(Change(path, a, b))
         else:
             tolerance = _tolerance_for(path)
@@ -119,14 +188,19 @@ def diff_facts(
     return changes
 
 
-def format_changes(name: str, changes: list[Change], limit: int = 30) -> str:
-    """A readable report: one ``field: before -> after`` line per change, with a per-field tally."""
+#: Without -v, a model's failure shows this many changes; the rest are counted (and in --zoo-report).
+SHOWN_CHANGES = 8
+
+
+def format_changes(name: str, changes: list[Change], limit: int | None = SHOWN_CHANGES) -> str:
+    """A readable report: a per-field tally, then the first ``limit`` changes, one line each."""
     tally: dict[str, int] = {}
     for change in changes:
         tally[change.path[0]] = tally.get(change.path[0], 0) + 1
     fields = ", ".join(f"{k} ({n})" for k, n in sorted(tally.items()))
     lines = [f"zoo snapshot: {name} changed in {len(changes)} field(s): {fields}"]
-    lines += [f"  {change}" for change in changes[:limit]]
-    if len(changes) > limit:
-        lines.append(f"  ... and {len(changes) - limit} more")
+    shown = changes if limit is None else changes[:limit]
+    lines += [f"  {change}" for change in shown]
+    if len(changes) > len(shown):
+        lines.append(f"  ... and {len(changes) - len(shown)} more (run with -v to see them all)")
     return "\n".join(lines)

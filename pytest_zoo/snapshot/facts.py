@@ -4,11 +4,10 @@ Most facts are *structural*: the model is built with every parameter on the meta
 :func:`pytest_zoo.models.building.structural_init`), so shapes, counts, head layers and output shapes at a
 canonical input cost no weight memory. The one exception is the seeded fingerprint, which needs
 real values: with ``torch.manual_seed(SEED)`` the model is built for real and every state_dict
-tensor is summarised by its mean and standard deviation, plus the features that reach the head on
-a seeded input. Seeded initialisation was bit-identical between torchvision 0.28.0/torch 2.13.0 and
-0.29.1/torch 2.14.1, so the tolerances (:mod:`.diff`) only absorb float summation order (parameters, a
-float32 reduction) and kernel choice (features, a float32 forward); a changed initialiser (another
-distribution, gain or fan mode) moves a standard deviation by far more than either.
+tensor is summarised by the statistics of :mod:`.stats` (size, mean, std, kurtosis, fraction of
+zeros, extremes), plus the mean and std of the features that reach the head on a seeded input.
+torch may draw the same initialiser differently in another release, so the comparison
+(:mod:`.diff`) judges each tensor as a sample of its initialiser, with tolerances from its size.
 
 This module imports torch only inside :func:`collect_facts`.
 """
@@ -19,7 +18,6 @@ import contextlib
 import enum
 import hashlib
 import inspect
-import math
 from collections.abc import Iterator, Mapping
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -27,17 +25,16 @@ from urllib.parse import urlparse
 
 from ..zoo.families import Family, find_family, task_of
 from .file import Facts, is_scalar, plain
+from .stats import summarise
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["SEED", "canonical_inputs", "collect_facts"]
+__all__ = ["SEED", "canonical_inputs", "collect_facts", "collect_fingerprint"]
 
 #: The seed for the fingerprint build; the seeded input uses ``SEED + 1``.
 SEED = 0
-
-_SIGNIFICANT_DIGITS = 7
 
 
 def _family_row(name: str) -> Family | None:
@@ -177,22 +174,6 @@ def _transforms_facts(factory: Any) -> dict[str, Any]:
     return facts
 
 
-def _round(value: float) -> float | str:
-    return float(f"{value:.{_SIGNIFICANT_DIGITS}g}") if math.isfinite(value) else str(value)
-
-
-def _summary(tensor: torch.Tensor) -> list[float | str]:
-    import torch
-
-    data = tensor.detach()
-    if data.dtype not in (torch.float32, torch.float64):  # integer buffers, half precision
-        data = data.to(torch.float32)
-    # float32 reductions are pairwise, ~1e-6 relative: far inside the tolerance, and converting the
-    # 600M parameters of the largest models to float64 first cost more than building them
-    std, mean = torch.std_mean(data, correction=0)
-    return [_round(float(mean)), _round(float(std))]
-
-
 def _head_paths(model: nn.Module) -> list[str] | None:
     """The model's head layers per its adapter; ``None`` without an adapter or a replaceable head."""
     from ..models.heads import find_adapter
@@ -207,15 +188,15 @@ def _head_paths(model: nn.Module) -> list[str] | None:
 
 
 def _fingerprint(
-    name: str, kwargs: dict[str, Any], inputs: list[tuple[int, ...]] | None, *, classifier: bool
+    name: str, kwargs: dict[str, Any], inputs: list[tuple[int, ...]] | None, *, classifier: bool, seed: int
 ) -> dict[str, Any]:
-    """Seeded real build: mean/std of every state_dict tensor, and of the features entering the head.
+    """Seeded real build: the statistics of every state_dict tensor, mean/std of the head's features.
 
     Features are taken for image classifiers only: their canonical input is small, while a real
     video or detection forward would cost more than all the rest of the facts together.
     """
     with _one_thread():
-        return _seeded_summaries(name, kwargs, inputs, classifier=classifier)
+        return _seeded_summaries(name, kwargs, inputs, classifier=classifier, seed=seed)
 
 
 @contextlib.contextmanager
@@ -237,31 +218,48 @@ def _one_thread() -> Iterator[None]:
 
 
 def _seeded_summaries(
-    name: str, kwargs: dict[str, Any], inputs: list[tuple[int, ...]] | None, *, classifier: bool
+    name: str, kwargs: dict[str, Any], inputs: list[tuple[int, ...]] | None, *, classifier: bool, seed: int
 ) -> dict[str, Any]:
     import torch
 
     from ..models.building import build_model
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = build_model(name, device="cpu", **kwargs).eval()
-    params = {key: _summary(t) for key, t in model.state_dict().items() if t.numel() and not t.is_quantized}
-    facts: dict[str, Any] = {"seed": SEED, "params": params}
+    params = {key: summarise(t) for key, t in model.state_dict().items() if t.numel() and not t.is_quantized}
+    facts: dict[str, Any] = {"seed": seed, "params": params}
     head_paths = _head_paths(model)
     if classifier and head_paths and inputs is not None:
         head = model.get_submodule(head_paths[0])
         seen: list[torch.Tensor] = []
         handle = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
         try:
-            torch.manual_seed(SEED + 1)
+            torch.manual_seed(seed + 1)
             with torch.no_grad():
                 model(torch.randn(*inputs[0]))
         finally:
             handle.remove()
         if seen:
-            facts["features"] = {"shape": list(seen[0].shape), "mean_std": _summary(seen[0])}
+            facts["features"] = {"shape": list(seen[0].shape), "mean_std": summarise(seen[0])[:2]}
     del model
     return facts
+
+
+def collect_fingerprint(name: str, *, seed: int = SEED) -> Facts:
+    """The ``fingerprint`` facts of ``name`` alone: one real build, seeded with ``seed``.
+
+    A snapshot is always recorded with :data:`SEED`; other seeds exist to measure that a redraw
+    of every initialiser passes the comparison (``benchmarks/seed_sweep.py``).
+    """
+    task = task_of(name)
+    from ..models.building import builder_kwargs
+
+    classifier = task in ("classification", "quantized")
+    facts = _fingerprint(
+        name, builder_kwargs(name), canonical_inputs(name, task), classifier=classifier, seed=seed
+    )
+    result: Facts = plain(facts)
+    return result
 
 
 def collect_facts(name: str, *, fingerprint: bool = True) -> Facts:
@@ -314,6 +312,6 @@ def collect_facts(name: str, *, fingerprint: bool = True) -> Facts:
     del model
     if fingerprint:
         classifier = task in ("classification", "quantized")
-        facts["fingerprint"] = _fingerprint(name, kwargs, inputs, classifier=classifier)
+        facts["fingerprint"] = _fingerprint(name, kwargs, inputs, classifier=classifier, seed=SEED)
     result: Facts = plain(facts)
     return result

@@ -27,6 +27,7 @@ from ..zoo.tasks import current_task
 
 __all__ = [
     "FORMAT",
+    "FORMAT_NOTES",
     "FORMAT_VERSION",
     "Facts",
     "Snapshot",
@@ -43,7 +44,13 @@ __all__ = [
 
 #: Marks a file as ours; anything else with a ``.json`` name is refused rather than overwritten.
 FORMAT = "pytest-zoo-snapshot"
-FORMAT_VERSION = 1
+#: 2: each fingerprint tensor is summarised by :data:`.stats.FIELDS`; 1 held ``[mean, std]`` only,
+#: which still loads and compares by those two (:data:`FORMAT_NOTES` says what is left out).
+FORMAT_VERSION = 2
+FORMAT_NOTES = {
+    1: "recorded in format 1, so fingerprints compare by mean and std only; record it again "
+    "with --zoo-snapshot-update to compare each tensor's distribution shape, zeros and range too",
+}
 #: Facts is the JSON-able dict of one model; kept as ``Any`` because it nests freely.
 Facts = dict[str, Any]
 
@@ -58,6 +65,8 @@ class Snapshot:
 
     header: dict[str, str] = field(default_factory=dict)
     models: dict[str, Facts] = field(default_factory=dict)
+    #: The format the file was read in; a snapshot is always written in :data:`FORMAT_VERSION`.
+    format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -169,7 +178,7 @@ def load_snapshot(path: Path) -> Snapshot:
             "It was left untouched; point --zoo-snapshot at another path."
         )
     version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise SnapshotFileError(
             f"zoo snapshot {path} has format_version {version!r}; this pytest-zoo reads up to "
             f"{FORMAT_VERSION}. Upgrade pytest-zoo, or record a new snapshot."
@@ -186,6 +195,7 @@ def load_snapshot(path: Path) -> Snapshot:
     return Snapshot(
         header={str(k): str(v) for k, v in header.items()},
         models={name: _in_current_words(facts) for name, facts in models.items()},
+        format_version=version,
     )
 
 
