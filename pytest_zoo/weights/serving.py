@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import secrets
 import shutil
 import tempfile
+import weakref
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -144,13 +146,20 @@ class PretrainedServer:
 
     @property
     def hub_dir(self) -> Path:
+        """The session's hub directory: named at first use, created by the first checkpoint request.
+
+        Deleted by :meth:`close`, or at interpreter exit for a process that never gets there (an
+        xdist worker that is shut down without unconfiguring).
+        """
         if self._home is None:
-            self._home = Path(tempfile.mkdtemp(prefix="pytest-zoo-pretrained-"))
+            name = f"pytest-zoo-pretrained-{os.getpid()}-{secrets.token_hex(4)}"
+            self._home = Path(tempfile.gettempdir()) / name
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self._home, True)
         return self._home / "hub"
 
     def close(self) -> None:
         if self._home is not None:
-            shutil.rmtree(self._home, ignore_errors=True)
+            self._cleanup()
             self._home = None
 
     def provide(self, url: str, dst: Path, fallback: Callable[..., None], *args: Any, **kwargs: Any) -> None:
