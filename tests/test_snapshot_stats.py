@@ -22,7 +22,9 @@ Init = Callable[[torch.Tensor], object]
 
 
 def _drawn(init: Init, shape: tuple[int, ...], seed: int) -> list[float | str | None]:
-    torch.manual_seed(seed)
+    # not torch.manual_seed: it imports torch._dynamo on first use, which fails once an in-process
+    # pytester run elsewhere in the session has restored sys.modules
+    torch.random.default_generator.manual_seed(seed)
     tensor = torch.empty(shape)
     init(tensor)
     return summarise(tensor)
