@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -86,16 +85,15 @@ def is_in_place(func: torch._ops.OpOverload) -> bool:
 
 
 def default_device() -> torch.device:
-    """The device a tensor created without one lands on (a ``torch.device`` context included).
+    """The device a tensor created without one lands on, a ``with torch.device(...)`` block included.
 
-    ``torch.get_default_device`` is torch 2.3; before it, asking for a tensor is the one way to
-    learn where ``torch.device(...)``/``torch.set_default_device`` put it.
+    ``torch.get_default_device`` does not answer that everywhere: torch 2.1 lacks it, and torch 2.5.1's
+    sees ``torch.set_default_device`` but not a ``with torch.device("meta")`` block (it answers
+    ``cpu`` there; torch 2.14.1's answers ``meta``). Asking for an empty tensor answers it on every
+    release, for a microsecond.
     """
     import torch
 
-    get: Callable[[], torch.device] | None = getattr(torch, "get_default_device", None)
-    if get is not None:
-        return get()
     return torch.empty(0).device
 
 
