@@ -70,6 +70,13 @@ CASES = [
     ),
     pytest.param(["--zoo-report="], "", "*--zoo-report is empty*", id="report-empty"),
     pytest.param(
+        ["--zoo-models=resnet18", "--zoo-snapshot=zoo.json", "--zoo-snapshot-update", "--zoo-report=zoo.md"],
+        "",
+        "*--zoo-report=zoo.md: cannot write the zoo report to *: the report would overwrite the upgrade "
+        "snapshot (--zoo-snapshot=*zoo.json)*",
+        id="report-json-is-the-snapshot",
+    ),
+    pytest.param(
         [],
         "zoo_report = nowhere/zoo.md",
         "*ini option zoo_report=nowhere/zoo.md: cannot write*",

@@ -248,6 +248,12 @@ def read_report_path(config: pytest.Config) -> Path | None:
         problem = "it is not writable"
     elif path.with_suffix(".json").is_dir():
         problem = f"{path.with_suffix('.json')} (where the JSON goes) is a directory"
+    elif (snapshot := read_snapshot_options(config)) is not None and snapshot.path.resolve() in (
+        path.resolve(),
+        path.with_suffix(".json").resolve(),
+    ):
+        # The report is rewritten at the end of the run: it would replace the snapshot file.
+        problem = f"the report would overwrite the upgrade snapshot ({snapshot.source}={snapshot.path})"
     if problem is not None:
         raise pytest.UsageError(
             f"{source}={text}: cannot write the zoo report to {path}: {problem}. "
