@@ -5,8 +5,8 @@ versions"): a snapshot has to be recorded on the versions a project runs *before
 The rest of the kit calls the functions here instead of an API that some supported release lacks,
 so that dropping an old release later is a matter of deleting lines in this module.
 
-A feature an old release lacks entirely is not emulated: :func:`require` raises ``pytest.skip``
-with a reason that names the release that has it.
+A feature an old release lacks is not emulated: a function here says why it cannot run, naming the
+release that has it, and the check skips with that reason (:func:`autocast_gap`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ __all__ = [
     "is_in_place",
     "mappable",
     "release",
-    "require",
     "set_fill_uninitialized_memory",
 ]
 
@@ -37,30 +36,10 @@ def release(version: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def torch_release() -> tuple[int, int]:
-    import torch
-
-    return release(torch.__version__)
-
-
 def torchvision_release() -> tuple[int, int]:
     import torchvision
 
     return release(torchvision.__version__)
-
-
-def require(feature: str, torch_version: str) -> None:
-    """Skip the current test unless torch is at least ``torch_version`` (``"2.2"``).
-
-    ``feature`` says what the test needs (``"torch.export's ExportedProgram.module()"``); the
-    skip reason names it, the installed release and the release that has it, so the way out is
-    plain.
-    """
-    import pytest
-    import torch
-
-    if torch_release() < release(torch_version):
-        pytest.skip(f"{feature} needs torch>={torch_version} (installed: torch {torch.__version__})")
 
 
 def is_in_place(func: torch._ops.OpOverload) -> bool:
@@ -69,9 +48,9 @@ def is_in_place(func: torch._ops.OpOverload) -> bool:
     Newer torch tags them (``torch.Tag.inplace``; torch 2.5.1 has no such tag); before it, the
     schema's name says the same thing,
     by the rule torchgen itself uses to make that tag: a trailing underscore, or an ``__i*__``
-    dunder. On torch 2.14.1 the rule and the tag agree on every aten overload but seven
-    TorchScript-only ones (``add_.t`` on lists, ``copy_.int``, ...), which eager code never
-    dispatches.
+    dunder. On torch 2.14.1 the rule and the tag agree on every aten overload but the few that
+    TorchScript registers without tags (``add_.t`` on lists, ``copy_.int``, ``*.hacked_twin``),
+    which eager code never dispatches.
     """
     import torch
 

@@ -32,17 +32,11 @@ def test_in_place_rule_agrees_with_torchs_tag_where_torch_has_one(monkeypatch: p
     by_name = {str(func): compat.is_in_place(func) for func in overloads}
     assert by_name["aten.normal_.default"] and by_name["aten.__iand__.Tensor"]
     assert not by_name["aten.normal.Tensor_float"] and not by_name["aten.__and__.Tensor"]
-    differing = sorted(name for name in tagged if tagged[name] != by_name[name])
-    # TorchScript-only list and scalar overloads carry no tags; eager code never dispatches them.
-    assert set(differing) <= {
-        "aten.add_.t",
-        "aten.copy_.Tensor",
-        "aten.copy_.int",
-        "aten.copy_.float",
-        "aten.index_put_.hacked_twin",
-        "aten.mul_.t",
-        "aten.shallow_copy_data_.default",
-    }, differing
+    differing = [func for func in overloads if tagged[str(func)] != by_name[str(func)]]
+    # Only overloads that TorchScript registers (list and scalar variants such as add_.t, copy_.int,
+    # *.hacked_twin) may differ: the rule calls them in-place, and torch tags them with nothing at all.
+    untagged = {getattr(torch.Tag, "pt2_compliant_tag", None)}
+    assert [str(f) for f in differing if tagged[str(f)] or not set(f.tags) <= untagged] == []
 
 
 def test_default_device_follows_a_device_context() -> None:
@@ -75,23 +69,6 @@ def test_release_reads_local_build_tags() -> None:
     assert compat.release("2.14.1") == (2, 14)
     with pytest.raises(ValueError, match="cannot read a release from version 'nightly'"):
         compat.release("nightly")
-
-
-def test_a_missing_feature_skips_naming_the_release_that_has_it(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        """
-        from pytest_zoo import compat
-
-        def test_future():
-            compat.require("torch.frobnicate", "99.0")
-
-        def test_past():
-            compat.require("torch.nn.Linear", "2.1")
-        """
-    )
-    result = pytester.runpytest("-rs", "-p", "no:randomly")
-    result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*torch.frobnicate needs torch>=99.0 (installed: torch 2.*)"])
 
 
 def test_cpu_autocast_of_a_detection_model_is_a_gap_before_torchvision_0_17(
