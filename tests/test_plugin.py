@@ -134,7 +134,8 @@ def test_a_failing_head_swap_is_reported_with_model_and_expected_shapes(pytester
 
 
 def test_a_head_of_another_design_than_the_builders_passes(pytester: pytest.Pytester) -> None:
-    """A bias-less head is a design choice, not a defect: it is judged by following num_classes."""
+    """A bias-less head, declared (``head_bias = False``), is a design choice, not a defect: it is
+    judged by following num_classes. Undeclared, it is reported (tests/test_gate_fidelity.py)."""
     pytester.makepyfile(
         """
         from torch import nn
@@ -142,6 +143,7 @@ def test_a_head_of_another_design_than_the_builders_passes(pytester: pytest.Pyte
 
         class TestNoBias(ZooConformance):
             models = ["resnet18"]
+            head_bias = False
 
             def replace_head(self, model, num_classes):
                 old = model.fc

@@ -195,8 +195,9 @@ def test_structural_mode_builds_each_model_once_on_meta_and_says_what_it_cannot_
             "*test_item*needs tensor values, which --zoo-device=meta does not have*item*",
         ]
     )
-    # test_fingerprint, test_item and the 5 value checks for each model, and nothing else
-    assert outcomes.get("skipped") == 2 * (2 + 5) and outcomes.get("passed", 0) > 10, outcomes
+    # test_fingerprint, test_item and the 6 value checks (the pretrained one included) for each
+    # model, and nothing else
+    assert outcomes.get("skipped") == 2 * (2 + 6) and outcomes.get("passed", 0) > 10, outcomes
     summary = r"pytest-zoo cache: 2 model build\(s\), \d+ reuse\(s\), \d+ restore\(s\), 0 rebuild"
     assert re.search(summary, result.stdout.str())
 
