@@ -3,6 +3,8 @@
 A reader (another xdist process, a later run, a crash) sees the old file or the new one, never half
 of either: the content goes to a temporary file in the same directory, is flushed to disk, and
 replaces the target in one rename. A failure leaves the target untouched and no temporary behind.
+A scratch file that dies with the session (a served checkpoint) skips the flush: a crash loses it
+with the session, and flushing forced gigabytes to the disk only to delete them seconds later.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from pathlib import Path
 __all__ = ["replace_atomically", "write_text_atomically"]
 
 
-def replace_atomically(path: Path, save: Callable[[Path], object]) -> None:
+def replace_atomically(path: Path, save: Callable[[Path], object], *, durable: bool = True) -> None:
     """Let ``save`` write a temporary file beside ``path``, then make it ``path`` in one rename.
 
     The result keeps the permissions of the file it replaces; a new one gets the permissions any
-    new file would get (the temporary is made 0600 by ``mkstemp``).
+    new file would get (the temporary is made 0600 by ``mkstemp``). ``durable=False`` leaves the
+    content in the page cache instead of waiting for the disk: every process on the machine reads
+    it the same, only a crash of the machine may lose it.
     """
     if path.exists():
         mode = path.stat().st_mode & 0o777
@@ -33,8 +37,9 @@ def replace_atomically(path: Path, save: Callable[[Path], object]) -> None:
     tmp = Path(name)
     try:
         save(tmp)
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with tmp.open("rb") as handle:
+                os.fsync(handle.fileno())
         tmp.chmod(mode)
         os.replace(tmp, path)
     except BaseException:

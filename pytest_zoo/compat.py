@@ -24,6 +24,7 @@ __all__ = [
     "is_in_place",
     "mappable",
     "release",
+    "save_unchecked",
     "set_fill_uninitialized_memory",
 ]
 
@@ -99,6 +100,33 @@ def mappable(path: str | os.PathLike[str]) -> str:
     in order to use mmap argument"); later releases take any path-like.
     """
     return os.fspath(path)
+
+
+def save_unchecked(obj: object, f: str | os.PathLike[str]) -> None:
+    """``torch.save(obj, f)`` without the CRC32 of every record it writes.
+
+    For the kit's own scratch files, read back within the same run, the checksum guards against no
+    failure there is, and it was half of a 100 MB save's CPU time. Newer torch makes it a switch
+    (``torch.utils.serialization.config.save.compute_crc32``); torch 2.1 and 2.5 lack it and always
+    compute it, so there this is plain ``torch.save``.
+    """
+    import torch
+
+    try:
+        from torch.utils.serialization import config
+    except ImportError:
+        torch.save(obj, f)
+        return
+    switch: Any = getattr(config, "save", None)
+    if switch is None or not hasattr(switch, "compute_crc32"):
+        torch.save(obj, f)
+        return
+    previous = switch.compute_crc32
+    switch.compute_crc32 = False
+    try:
+        torch.save(obj, f)
+    finally:
+        switch.compute_crc32 = previous
 
 
 def autocast_gap(model: torch.nn.Module, device_type: str) -> str | None:

@@ -10,6 +10,7 @@ from typing import Any, TypeGuard
 import torch
 from torch import nn
 
+from ..models.cache import active_cache
 from ..models.meta import meta_fast_paths
 from .cases import (
     FILE_SIZE_TOLERANCE,
@@ -25,6 +26,7 @@ from .interception import (
     build_with_weights,
     count_gflops,
     output_count,
+    outside_dispatch_modes,
     per_class_parameters,
     reference_inputs,
 )
@@ -50,15 +52,18 @@ def float_case(case: WeightsCase) -> tuple[WeightsCase, dict[str, Any]]:
     return case, {}
 
 
-_BUILT: dict[str, WithWeights] = {}
-
-
 def built(case: WeightsCase) -> WithWeights:
-    """The structural model the builder makes with ``case``'s (float) weights, built once per process."""
-    if case.id not in _BUILT:
+    """The structural model the builder makes with ``case``'s (float) weights, built once.
+
+    Held in the model cache with the model's other state, so the ten checks of an enum share it
+    and it goes when the session moves on to the next model.
+    """
+
+    def build() -> WithWeights:
         source, kwargs = float_case(case)
-        _BUILT[case.id] = build_with_weights(source, **kwargs)
-    return _BUILT[case.id]
+        return build_with_weights(source, **kwargs)
+
+    return active_cache().memo(("with weights", case.id), build, group=case.model)
 
 
 def check_schema(case: WeightsCase) -> None:
@@ -347,6 +352,13 @@ def check_transformed(
     mean/std. ``image`` is a single colour, which any resize and crop preserve exactly, so every
     output value is known: ``(color / 255 - mean) / std``.
     """
+    with outside_dispatch_modes():
+        _check_transformed(case, image, color, height, width, frames)
+
+
+def _check_transformed(
+    case: WeightsCase, image: Any, color: tuple[int, int, int], height: int, width: int, frames: int
+) -> None:
     transforms = case.weights.transforms()
     out = transforms(image, image)[0] if case.task == "optical_flow" else transforms(image)
     kind = f"{type(image).__name__} {height}x{width}" + (f"x{frames} frames" if frames else "")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..models.building import structural_init
-from ..models.cache import builder_oracle
+from ..models.cache import active_cache, builder_oracle
 from ..models.meta import meta_fast_paths
 from ..models.reference import PROBE
 from .cases import OPS_REFERENCE_FRAMES, OPS_REFERENCE_SIDE, WeightsCase
@@ -142,23 +142,46 @@ def output_count(case: WeightsCase, built: WithWeights | None = None) -> int:
     )
 
 
+@contextlib.contextmanager
+def outside_dispatch_modes() -> Iterator[None]:
+    """Real CPU work (the weights' transforms on a real image) without the active dispatch modes.
+
+    ``--zoo-device=meta`` runs every zoo test under a Python dispatch mode that memoises meta-kernel
+    calls (:func:`~pytest_zoo.models.meta.meta_fast_paths`); a CPU operator passes through it
+    unchanged, but only after a Python call per operator, which made the transforms' resizes and
+    crops several times slower. Tensors made here are the same with or without the modes.
+    """
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+        yield
+
+
 def reference_inputs(case: WeightsCase) -> tuple[torch.Tensor, ...]:
     """The model inputs torchvision measured ``_ops`` with: a reference image through the transforms.
 
     The shapes come from running the weights' own transforms on a small real image of the reference
-    side, so crop sizes, segmentation resizes and video layouts are never restated here.
+    side, so crop sizes, segmentation resizes and video layouts are never restated here. Meta
+    tensors, computed once per enum and held with the model's other state.
     """
+    return active_cache().memo(
+        ("reference inputs", case.id), lambda: _reference_inputs(case), group=case.model
+    )
+
+
+def _reference_inputs(case: WeightsCase) -> tuple[torch.Tensor, ...]:
     side, task = OPS_REFERENCE_SIDE, case.task
     transforms = case.weights.transforms()
-    if task == "video":
-        image = torch.zeros(OPS_REFERENCE_FRAMES, 3, side, side, dtype=torch.uint8)
-    else:
-        image = torch.zeros(3, side, side, dtype=torch.uint8)
-    if task == "optical_flow":
-        first, second = transforms(image, image)
-        return first.unsqueeze(0).to("meta"), second.unsqueeze(0).to("meta")
-    out = transforms(image)
-    return (out.unsqueeze(0).to("meta"),)
+    with outside_dispatch_modes():
+        if task == "video":
+            image = torch.zeros(OPS_REFERENCE_FRAMES, 3, side, side, dtype=torch.uint8)
+        else:
+            image = torch.zeros(3, side, side, dtype=torch.uint8)
+        if task == "optical_flow":
+            first, second = transforms(image, image)
+            return first.unsqueeze(0).to("meta"), second.unsqueeze(0).to("meta")
+        out = transforms(image)
+        return (out.unsqueeze(0).to("meta"),)
 
 
 def count_gflops(model: nn.Module, inputs: Sequence[Any]) -> float:

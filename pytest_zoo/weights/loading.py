@@ -90,10 +90,16 @@ def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[n
 
 
 def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-for-bit equal, where NaN equals NaN (a checkpoint may hold NaN layers on purpose)."""
+    """Bit-for-bit equal, where NaN equals NaN (a checkpoint may hold NaN layers on purpose).
+
+    ``torch.equal`` answers for every tensor without NaN, at a tenth of the cost of masking NaN
+    on both sides; only a tensor it calls unequal is looked at again.
+    """
+    if torch.equal(a, b):
+        return True
     if a.is_floating_point() and b.is_floating_point() and a.shape == b.shape:
         return bool(torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()))
-    return torch.equal(a, b)
+    return False
 
 
 def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import secrets
 import shutil
@@ -38,12 +39,13 @@ from unittest import mock
 import torch
 
 from ..atomic import replace_atomically
-from ..compat import mappable
+from ..compat import mappable, save_unchecked
 from ..models.building import poisoned_init, real_init
 from .cases import WeightsCase
 
 __all__ = [
     "CHECKPOINTS_ENV",
+    "FABRICATED_BLOCK",
     "PretrainedServer",
     "case_for_url",
     "checkpoint_dirs",
@@ -61,22 +63,42 @@ def checkpoint_dirs(configured: Sequence[str | os.PathLike[str]] = ()) -> tuple[
     return tuple(Path(p).expanduser() for p in [*configured, *from_env])
 
 
+#: How many values each key's generator draws; a larger tensor repeats them. Drawing is what costs
+#: (a tenth of a second per 50M values, against a hundredth to copy them), and a prime length is
+#: divided by no row length, so the rows of a large matrix are distinct shifts of the block.
+FABRICATED_BLOCK = 65521
+
+
 def fabricated_values(key: str, tensor: torch.Tensor) -> None:
     """Fill ``tensor`` with the values the served checkpoint holds under ``key``, in place.
 
-    Seeded by the key alone, so every run (and every xdist worker) serves the same bits. No
-    initialiser produces them: norm scales and variances lie in [0.5, 1.5] (never the ones of a
-    fresh BatchNorm), biases and means in [-0.1, 0.1] (never its zeros), and weights are normal
-    with a 1/sqrt(fan_in) scale, which keeps eval-mode activations finite through a deep network.
+    Seeded by the key alone, so every run (and every xdist worker) serves the same bits, and two
+    keys of the same shape hold different ones. No initialiser produces them: norm scales and
+    variances lie in [0.5, 1.5] (never the ones of a fresh BatchNorm), biases and means in
+    [-0.1, 0.1] (never its zeros), and weights are uniform with a standard deviation of
+    1/sqrt(fan_in), which keeps eval-mode activations finite through a deep network.
     """
+    if tensor.dim() >= 2:
+        bound = 3**0.5 * max(math.prod(tensor.shape[1:]), 1) ** -0.5
+        low, high = -bound, bound
+    elif key.endswith(("weight", "running_var")):
+        low, high = 0.5, 1.5
+    else:
+        low, high = -0.1, 0.1
+    count = tensor.numel()
+    if count == 0:
+        return
     generator = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+    in_place = tensor.is_contiguous()
+    flat = tensor.view(-1) if in_place else torch.empty(count, dtype=tensor.dtype)
+    size = min(count, FABRICATED_BLOCK)
+    whole, rest = divmod(count, size)
     with torch.no_grad():
-        if tensor.dim() >= 2:
-            tensor.normal_(0.0, max(tensor[0].numel(), 1) ** -0.5, generator=generator)
-        elif key.endswith(("weight", "running_var")):
-            tensor.uniform_(0.5, 1.5, generator=generator)
-        else:
-            tensor.uniform_(-0.1, 0.1, generator=generator)
+        block = flat[:size].uniform_(low, high, generator=generator)
+        flat[size : whole * size].view(whole - 1, size).copy_(block.expand(whole - 1, size))
+        flat[whole * size :].copy_(block[:rest])
+        if not in_place:
+            tensor.copy_(flat.view(tensor.shape))
 
 
 def write_fabricated(case: WeightsCase, path: Path, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -110,7 +132,7 @@ def write_fabricated(case: WeightsCase, path: Path, **kwargs: Any) -> dict[str, 
             if key in parameters or key.endswith(("running_mean", "running_var")) or value.isnan().any():
                 fabricated_values(key, value)
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomically(path, lambda tmp: torch.save(state, tmp))
+    replace_atomically(path, lambda tmp: save_unchecked(state, tmp), durable=False)
     return state
 
 
