@@ -86,3 +86,18 @@ def test_cpu_autocast_of_a_detection_model_is_a_gap_before_torchvision_0_17(
     assert compat.autocast_gap(detection, "cuda") is None
     monkeypatch.setattr(torchvision, "__version__", "0.17.0")
     assert compat.autocast_gap(detection, "cpu") is None
+
+
+def test_save_unchecked_writes_a_file_torch_reads_back_and_leaves_the_switch_as_it_was(
+    tmp_path: Path,
+) -> None:
+    state = {"weight": torch.arange(12.0).view(3, 4), "steps": torch.tensor(7)}
+    path = tmp_path / "state.pt"
+    config = pytest.importorskip("torch.utils.serialization").config
+    switch = getattr(config, "save", None)
+    before = getattr(switch, "compute_crc32", None)
+    compat.save_unchecked(state, path)
+    assert getattr(switch, "compute_crc32", None) == before
+    for mmap in (False, True):
+        loaded = torch.load(compat.mappable(path), weights_only=True, mmap=mmap)
+        assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())

@@ -265,3 +265,62 @@ def test_full_metadata_sweep_over_every_weights_enum(
     # 166 enums x 9 checks; skipped: categories of the 8 RAFT enums; xfailed: the declared exceptions.
     found = {key: outcomes.get(key, 0) for key in ("passed", "skipped", "xfailed")}
     assert found == {"passed": 166 * 9 - 8 - 5, "skipped": 8, "xfailed": 5}
+
+
+def test_fabricated_values_are_seeded_by_the_key_finite_and_the_same_for_any_layout() -> None:
+    """A block of drawn values per key, repeated over a large tensor: still distinct per key, and
+    the rows of a large matrix are not copies of each other (the block length is a prime)."""
+    from pytest_zoo.weights.serving import FABRICATED_BLOCK, fabricated_values
+
+    def filled(key: str, *shape: int) -> torch.Tensor:
+        tensor = torch.full(shape, float("nan"))
+        fabricated_values(key, tensor)
+        return tensor
+
+    large = filled("fc.weight", 64, FABRICATED_BLOCK // 32)
+    assert torch.isfinite(large).all() and large.abs().max() <= 3**0.5 * large.shape[1] ** -0.5
+    assert torch.equal(large, filled("fc.weight", 64, FABRICATED_BLOCK // 32))
+    assert not torch.equal(large, filled("head.weight", 64, FABRICATED_BLOCK // 32))
+    assert len({tuple(row.tolist()) for row in large}) == large.shape[0]
+    transposed = torch.full((large.shape[1], 64), float("nan")).t()  # not contiguous: same values
+    fabricated_values("fc.weight", transposed)
+    assert torch.equal(transposed, large)
+    scale, shift = filled("bn.weight", 5), filled("bn.bias", 5)
+    assert ((scale >= 0.5) & (scale <= 1.5)).all() and (shift.abs() <= 0.1).all() and not (shift == 0).any()
+    fabricated_values("empty.weight", torch.empty(0, 3))  # nothing to fill, no error
+
+
+def test_the_builds_with_weights_live_and_go_with_the_models_cache_group() -> None:
+    from pytest_zoo.models.cache import active_cache
+
+    case = W.resolve_weights_id("squeezenet1_1-IMAGENET1K_V1")
+    first = W.built(case)
+    assert W.built(case) is first and case.model in active_cache().groups
+    active_cache().release()
+    assert W.built(case) is not first
+
+
+def test_transforms_under_the_meta_dispatch_modes_give_what_they_give_outside() -> None:
+    from pytest_zoo.models.meta import meta_fast_paths
+
+    case = W.resolve_weights_id("resnet18-IMAGENET1K_V1")
+    image = torch.full((3, 40, 30), 90, dtype=torch.uint8)
+    with meta_fast_paths():
+        W.check_transformed(case, image, (90, 90, 90), 40, 30)
+        inputs = W.reference_inputs(case)
+    assert inputs[0].device.type == "meta" and tuple(inputs[0].shape) == (1, 3, 224, 224)
+
+
+def test_a_fabricated_checkpoint_is_a_scratch_file_never_flushed_to_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flushing wrote gigabytes per enum to the disk only for the check to delete them at once."""
+
+    def no_flush(fd: int) -> None:
+        raise AssertionError("a served checkpoint was flushed to disk")
+
+    monkeypatch.setattr("os.fsync", no_flush)
+    case = W.resolve_weights_id("squeezenet1_1-IMAGENET1K_V1")
+    state = W.fabricate_checkpoint(case, tmp_path)
+    model = W.load_pretrained_offline(case, tmp_path)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
