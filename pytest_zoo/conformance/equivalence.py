@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compat import save_unchecked
 from .attribution import tolerance_scale, within_tolerance
 from .training import (
     CheckReport,
@@ -162,7 +161,7 @@ def state_dict_round_trip(
 
     with tempfile.TemporaryDirectory(prefix="pytest-zoo-round-trip-", ignore_cleanup_errors=True) as tmp:
         path = str(Path(tmp) / "state_dict.pt")  # torch 2.1 maps only a str: see compat.mappable
-        save_unchecked(model.state_dict(), path)
+        torch.save(model.state_dict(), path)
         saved = torch.load(path, weights_only=True, mmap=mapped, map_location=None if mapped else device)
         fresh = fresh_model()
         saved_keys, fresh_keys = set(saved), set(fresh.state_dict())
