@@ -34,9 +34,9 @@ from ..models.cache import active_cache
 from ..models.freezing import NormPolicy
 from ..models.reference import class_dependent_parameters
 from ..zoo.families import InputSpec
-from . import deployment, factory, loadlog, oracle, pretrained, scheduled, strategies, structural, values
+from . import deployment, factory, loadlog, oracle, pretrained, strategies, structural, values
 from .failures import ConformanceFailure
-from .task_io import named_outputs, task_io
+from .task_io import named_outputs
 
 __all__ = [
     "ConformanceFailure",
@@ -174,18 +174,8 @@ class ZooConformance:
         oracle.adopt_head(self, name, model)
 
     def _train_shapes_checked_elsewhere(self, name: str, device: torch.device) -> bool:
-        """Whether this session's :meth:`test_gradients_reach_head_only` for ``name`` asserts the
-        train-mode output shapes on its own forward, so that :meth:`test_forward_shape` runs eval
-        mode only: the kit's own gradient check (not opted out with ``None``, not overridden), and
-        :mod:`.scheduled` sure that it runs here. Not on the meta device for a task whose verdict
-        reads values (detection losses, RAFT's flows): the gradient check would skip for want of them.
-        """
-        own = type(self).test_gradients_reach_head_only
-        return (
-            own is ZooConformance.test_gradients_reach_head_only
-            and (device.type != "meta" or task_io(name).class_scores)
-            and scheduled.will_run(type(self), name, "test_gradients_reach_head_only")
-        )
+        own = type(self).test_gradients_reach_head_only is ZooConformance.test_gradients_reach_head_only
+        return own and structural.gradient_check_runs(type(self), name, device)
 
     def _spec(self, name: str, model: nn.Module) -> InputSpec:
         """The ``input_spec`` hook's geometry; the default one follows the model as built."""

@@ -18,6 +18,7 @@ from hypothesis import example, given, settings
 from ..models import building, freezing
 from ..models.cache import active_cache
 from ..models.reference import state_shapes
+from . import scheduled
 from . import task_io as tasks
 from .defects import (
     TRAIN_SHAPES_HERE,
@@ -50,6 +51,17 @@ from .strategies import num_classes
 
 if TYPE_CHECKING:
     from .checks import ZooConformance
+
+
+def gradient_check_runs(cls: type, name: str, device: torch.device) -> bool:
+    """Whether this session's gradient check of ``cls`` for ``name`` (the kit's own: neither opted
+    out with ``None`` nor overridden, which the gate asks) asserts the train-mode output shapes on
+    its forward, so that :func:`forward_shape` runs eval mode only: :mod:`.scheduled` is sure it
+    runs here. Not on the meta device for a task whose verdict reads values (detection losses,
+    RAFT's flows): the gradient check would skip for want of them."""
+    return (device.type != "meta" or tasks.task_io(name).class_scores) and scheduled.will_run(
+        cls, name, "test_gradients_reach_head_only"
+    )
 
 
 def head_matches_builder(
