@@ -16,6 +16,9 @@ scatter them over workers, where each worker would build the model again. So thi
 * orders the items so that a model's tests are consecutive, in their original relative order;
 * releases the cached models once the last test of a model has torn down, so the next model is
   built into freed memory: peak memory is that of the largest model, not the sum;
+* records, once collection is final, which zoo tests this process surely runs
+  (:mod:`pytest_zoo.conformance.scheduled`), so that a check may leave work to another check that
+  does it anyway (the train-mode output shapes, asserted on the gradient check's own forward);
 * on ``--zoo-device=meta``, runs zoo tests under :func:`~pytest_zoo.models.building.structural_init`, so a
   head built by a user's ``replace_head`` hook lands on the meta device like the rest of the model;
 * reports the cache's work in the terminal summary, summed over xdist workers.
