@@ -155,3 +155,22 @@ def test_finite_outputs_and_batch_equivalence_attribute_before_blaming(pytester:
             "freeze_backbone introduced or changed*",
         ]
     )
+
+
+def test_a_reused_sum_never_hides_an_in_place_write() -> None:
+    """A tensor's sum is reused while its version counter stands still: the output of one module is
+    the next one's input. A layer that writes NaN into its input in place (after that input was
+    summed, as the previous layer's output) is still where the non-finite values start."""
+    from torch import nn
+
+    from pytest_zoo.conformance.attribution import Recorder, origin
+
+    class Poison(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mul_(float("nan"))
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), Poison(), nn.Linear(4, 2))
+    with torch.no_grad(), Recorder(model) as recorder:
+        model(torch.randn(2, 4))
+    start = origin(recorder, changed=())
+    assert start is not None and (start.path, start.kind, start.what) == ("2", "Poison", "non-finite")

@@ -103,6 +103,36 @@ def test_head_swap_that_forgets_the_aux_heads(pytester: pytest.Pytester) -> None
     )
 
 
+def test_forgotten_aux_heads_with_the_gradient_check_selected(pytester: pytest.Pytester) -> None:
+    """Where the gradient check runs too, the train-mode shapes are asserted on its forward: the
+    forward-shape check runs eval mode only (no aux outputs there) and the gradient check reports
+    the train-mode shape defect, with the same problem and defect lines."""
+    root = copy_example(pytester)
+    break_code(root, '"GoogLeNet": ("fc", "aux1.fc2", "aux2.fc2"),', '"GoogLeNet": ("fc",),')
+    result = run(pytester, "--zoo-examples=1", "-v", "-k", "googlenet and (forward_shape or gradients)")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*TestAcmeModels::test_forward_shape[[]googlenet[]] PASSED*",
+            "*TestAcmeModels::test_gradients_reach_head_only[[]googlenet[]] FAILED*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*googlenet: an output does not have the shape a classification model with * classes gives, "
+            "in train mode*",
+            f"*hook:*replace_head -> TestAcmeModels.replace_head ({HOOKS}:*)",
+            "*inputs:*model=googlenet, num_classes=*, batch=*, input shape=(*, 3, *, *), train mode*",
+            "*the train-mode output shapes (aux outputs included) of test_forward_shape, checked on this "
+            "test's own train-mode forward*",
+            "*defect:*auxiliary output 'aux_logits2' has shape (*, 1000): replace_head must swap the "
+            "auxiliary heads too (aux1.fc2, aux2.fc2)*",
+            "*model = t.replace_head(t.build_model('googlenet'), *); t.freeze_backbone(model)",
+            "*model.train(); outputs = model(torch.randn(*))",
+        ]
+    )
+
+
 def test_freeze_that_leaves_batchnorm_affine_parameters_trainable(pytester: pytest.Pytester) -> None:
     root = copy_example(pytester)
     break_code(

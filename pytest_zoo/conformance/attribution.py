@@ -20,6 +20,7 @@ that starts anywhere else is torch's or the architecture's.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,12 +105,38 @@ def changed_modules(before: Snapshot, hooked: nn.Module, head_parameters: Collec
 # -- recording ------------------------------------------------------------------------------------
 
 
-def _flags(value: object) -> list[torch.Tensor]:
+class _Flags:
     """One 0-d sum per floating leaf, finite exactly when the leaf is (NaN and inf propagate; a
     float32 sum overflows only for values beyond 1e30): one pass, no mask, and read only when a
-    check failed, so a GPU never waits for it."""
-    leaves = named_leaves(value).values()
-    return [t.detach().sum(dtype=torch.float32) for t in leaves if t.is_floating_point()]
+    check failed, so a GPU never waits for it.
+
+    Within a run most tensors are seen twice or more, as one module's output and the next ones'
+    input (a DenseNet layer takes every earlier feature map of its block), so the sum of a tensor
+    whose version counter has not moved since it was summed is reused: any in-place write (a
+    ``ReLU(inplace=True)``, through a view too) bumps the counter, and the same values give the
+    same sum. A tensor without a counter (made under ``inference_mode``) is summed every time.
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[int, tuple[weakref.ref[torch.Tensor], int, torch.Tensor]] = {}
+
+    def clear(self) -> None:
+        self._sums.clear()
+
+    def __call__(self, value: object) -> list[torch.Tensor]:
+        return [self._sum(t) for t in named_leaves(value).values() if t.is_floating_point()]
+
+    def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            version = tensor._version
+        except RuntimeError:  # an inference tensor keeps no version counter
+            return tensor.detach().sum(dtype=torch.float32)
+        held = self._sums.get(id(tensor))
+        if held is not None and held[0]() is tensor and held[1] == version:
+            return held[2]
+        flag = tensor.detach().sum(dtype=torch.float32)
+        self._sums[id(tensor)] = (weakref.ref(tensor), version, flag)
+        return flag
 
 
 def _kept(value: object) -> dict[str, torch.Tensor]:
@@ -146,8 +173,9 @@ class Call:
 class Recorder:
     """Forward hooks on every module of ``model``: each top-level call is a run, a list of
     :class:`Call` in the order the modules returned. ``keep`` also clones every input and output
-    (for a divergence); otherwise a call costs two sums. Use it as a context manager: the
-    hooks are removed on exit, so the session's cached model goes back without them."""
+    (for a divergence); otherwise a call costs a sum per tensor not seen before (see :class:`_Flags`).
+    Use it as a context manager: the hooks are removed on exit, so the session's cached model goes
+    back without them."""
 
     def __init__(self, model: nn.Module, *, keep: bool = False, values: bool = True) -> None:
         self.model = model
@@ -158,6 +186,7 @@ class Recorder:
         self._open: dict[int, list[Call]] = {}
         self._counts: dict[str, int] = {}
         self._handles: list[Any] = []
+        self._flags = _Flags()
 
     def __enter__(self) -> Recorder:
         for path, module in self.model.named_modules():
@@ -171,15 +200,17 @@ class Recorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._flags.clear()
 
     def _before(self, path: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if module is self.model:
                 self.runs.append([])
                 self._counts.clear()
+                self._flags.clear()
             occurrence = self._counts.get(path, 0)
             self._counts[path] = occurrence + 1
-            call = Call(path, module, occurrence, _flags([args, kwargs]) if self.values else [])
+            call = Call(path, module, occurrence, self._flags([args, kwargs]) if self.values else [])
             if self.keep:
                 call.kept_inputs = _kept([args, kwargs])
             self._open.setdefault(id(module), []).append(call)
@@ -192,7 +223,7 @@ class Recorder:
             if not pending or not self.runs:
                 return
             call = pending.pop()
-            call.outputs = _flags(output) if self.values else []
+            call.outputs = self._flags(output) if self.values else []
             leaves = [t for t in named_leaves(output).values() if t.is_floating_point()]
             call.shapes = [tuple(t.shape) for t in leaves]
             call.dtype = leaves[0].dtype if leaves else None

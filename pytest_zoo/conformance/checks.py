@@ -173,6 +173,10 @@ class ZooConformance:
             return
         oracle.adopt_head(self, name, model)
 
+    def _train_shapes_checked_elsewhere(self, name: str, device: torch.device) -> bool:
+        own = type(self).test_gradients_reach_head_only is ZooConformance.test_gradients_reach_head_only
+        return own and structural.gradient_check_runs(type(self), name, device)
+
     def _spec(self, name: str, model: nn.Module) -> InputSpec:
         """The ``input_spec`` hook's geometry; the default one follows the model as built."""
         if type(self).input_spec is ZooConformance.input_spec:
@@ -203,7 +207,8 @@ class ZooConformance:
         Classification and video: ``(batch, n)``; segmentation: ``(batch, n, H, W)`` for ``out`` and
         ``aux``; detection: one dict per image with ``labels`` in ``[0, n)`` in eval mode and finite
         losses for generated targets in train mode; optical flow: ``(batch, 2, H, W)`` flows. A
-        ``quantized_*`` builder's converted model (``quantize=True``, CPU) is checked too.
+        ``quantized_*`` builder's converted model (``quantize=True``, CPU) is checked too. Where the
+        gradient check runs as well, it asserts the train-mode shapes on its own forward instead.
         """
         structural.forward_shape(self, zoo_model_name, zoo_device, zoo_hypothesis_settings)
 
@@ -228,7 +233,8 @@ class ZooConformance:
         backpropagated. A model without a class head (RAFT) trains end to end instead: the flow's
         backward pass must reach every parameter. When :attr:`norm_policy` declares running
         statistics frozen, that same train-mode forward must leave every backbone normalisation
-        buffer as it was (``num_batches_tracked`` included).
+        buffer as it was (``num_batches_tracked`` included). Its outputs must have the train-mode
+        shapes of :meth:`test_forward_shape`, which leaves them to this forward when this test runs.
         """
         structural.gradients_reach_head_only(self, zoo_model_name, zoo_device, zoo_hypothesis_settings)
 

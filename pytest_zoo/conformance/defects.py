@@ -11,10 +11,18 @@ from torch import nn
 from ..models import heads
 from ..models.freezing import NormPolicy
 from ..models.reference import SwapTrace
+from . import task_io as tasks
+from .failures import ConformanceFailure, FailureContext, render
 from .plan import _Plan
 
 if TYPE_CHECKING:
     pass
+
+#: Where a train-mode shape defect reported by the gradient check comes from.
+TRAIN_SHAPES_HERE = (
+    "the train-mode output shapes (aux outputs included) of test_forward_shape, checked on this "
+    "test's own train-mode forward: test_forward_shape runs eval mode only when this test runs",
+)
 
 
 def _diff_shapes(found: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> str:
@@ -178,3 +186,35 @@ def _bias_defects(
                 f"head is your recipe, declare head_bias = False on {gate}"
             )
     return defects
+
+
+def expect_output_shapes(
+    io: tasks.TaskIO,
+    output: object,
+    drawn: tasks.Example,
+    n: int,
+    aux: tuple[str, ...],
+    context: FailureContext,
+    *,
+    train: bool,
+    details: tuple[str, ...] = (),
+) -> None:
+    """The outputs have the task's shapes at ``n`` classes, or a failure that names the mode: one
+    message whichever check ran the forward (train mode: this one or the gradient check)."""
+    report = io.check(output, drawn, n, train=train)
+    if report.ok:
+        return
+    problem = (
+        "; ".join(report.problems)
+        or f"an output does not have the shape a {io.task} model with {n} classes gives"
+    )
+    raise ConformanceFailure(
+        render(
+            context,
+            f"{problem}, in {'train' if train else 'eval'} mode",
+            expected=report.expected,
+            found=report.found,
+            defects=_output_defects(report.found, n, aux) if io.class_scores else [],
+            details=details,
+        )
+    )

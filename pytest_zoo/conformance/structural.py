@@ -18,8 +18,10 @@ from hypothesis import example, given, settings
 from ..models import building, freezing
 from ..models.cache import active_cache
 from ..models.reference import state_shapes
+from . import scheduled
 from . import task_io as tasks
 from .defects import (
+    TRAIN_SHAPES_HERE,
     _bias_defects,
     _bias_mismatches,
     _class_count,
@@ -29,7 +31,7 @@ from .defects import (
     _layer_types,
     _norm_buffers,
     _on,
-    _output_defects,
+    expect_output_shapes,
 )
 from .failures import ConformanceFailure, FailureContext, _expect, parameter_groups, render, shape_defects
 from .hooks import _context, _freeze, _fresh, _hooked, _raises_as_failure, _swap, _swap_steps
@@ -49,6 +51,17 @@ from .strategies import num_classes
 
 if TYPE_CHECKING:
     from .checks import ZooConformance
+
+
+def gradient_check_runs(cls: type, name: str, device: torch.device) -> bool:
+    """Whether this session's gradient check of ``cls`` for ``name`` (the kit's own: neither opted
+    out with ``None`` nor overridden, which the gate asks) asserts the train-mode output shapes on
+    its forward, so that :func:`forward_shape` runs eval mode only: :mod:`.scheduled` is sure it
+    runs here. Not on the meta device for a task whose verdict reads values (detection losses,
+    RAFT's flows): the gradient check would skip for want of them."""
+    return (device.type != "meta" or tasks.task_io(name).class_scores) and scheduled.will_run(
+        cls, name, "test_gradients_reach_head_only"
+    )
 
 
 def head_matches_builder(
@@ -121,6 +134,9 @@ def forward_shape(
     aux = _aux_heads(gate, name, model)
     io = tasks.task_io(name)
     converted = _converted(gate, name) if io.task == "quantized" else None
+    # The gradient check runs a train-mode forward per example anyway and asserts these shapes on
+    # it; a second, no-grad one here is needed only where that check will not run this session.
+    modes = ("eval",) if gate._train_shapes_checked_elsewhere(name, zoo_device) else ("eval", "train")
 
     @zoo_hypothesis_settings
     @given(
@@ -135,9 +151,9 @@ def forward_shape(
         if io.has_head:
             with _raises_as_failure(gate, _context(gate, name, "replace_head", n=n), "replace_head"):
                 swapped, _ = _swap(gate, model, n)
-        for mode, drawn in (("eval", eval_example), ("train", train_example)):
+        for mode in modes:
             train = mode == "train"
-            drawn = tasks.fit_example(drawn, swapped, spec, train=train)
+            drawn = tasks.fit_example(train_example if train else eval_example, swapped, spec, train=train)
             swapped.train(train)
             args, kwargs = io.inputs(swapped, drawn, n, zoo_device, train=train)
             built = _swap_steps(gate, name, n)[0] if io.has_head else f"model = t.build_model({name!r})"
@@ -145,18 +161,7 @@ def forward_shape(
             context = _context(gate, name, "replace_head", n=n, shape=drawn.shape, mode=mode, steps=steps)
             with _raises_as_failure(gate, context, "the forward pass"), torch.no_grad():
                 output = swapped(*args, **kwargs)
-            report = io.check(output, drawn, n, train=train)
-            if not report.ok:
-                raise ConformanceFailure(
-                    render(
-                        context,
-                        "; ".join(report.problems)
-                        or f"an output does not have the shape a {io.task} model with {n} classes gives",
-                        expected=report.expected,
-                        found=report.found,
-                        defects=_output_defects(report.found, n, aux) if io.class_scores else [],
-                    )
-                )
+            expect_output_shapes(io, output, drawn, n, aux, context, train=train)
         swapped.eval()
         if converted is not None:
             _check_converted(gate, name, converted, n, eval_example)
@@ -255,6 +260,9 @@ def gradients_reach_head_only(
     reference = _reference(gate, name, model, zoo_device) if io.has_head else None
     spec = gate._spec(name, model)
     stats_frozen = gate.norm_policy.stats == "frozen" and zoo_device.type != "meta"
+    # test_forward_shape leaves the train-mode output shapes to this forward when this test runs.
+    train_shapes = gate._train_shapes_checked_elsewhere(name, zoo_device)
+    aux = _aux_heads(gate, name, model) if train_shapes else ()
 
     @zoo_hypothesis_settings
     @given(n=io.num_classes(), drawn=io.examples(spec, model, train=True))
@@ -285,6 +293,13 @@ def gradients_reach_head_only(
             swapped.train()
             args, kwargs = io.inputs(swapped, drawn, n, zoo_device, train=True)
             output = swapped(*args, **kwargs)
+            if train_shapes:
+                forward = f"model.train(); outputs = model({io.describe(drawn)})"
+                steps = _swap_steps(gate, name, n, freeze=True, tail=forward)
+                where = _context(
+                    gate, name, "replace_head", n=n, shape=drawn.shape, mode="train", steps=steps
+                )
+                expect_output_shapes(io, output, drawn, n, aux, where, train=True, details=TRAIN_SHAPES_HERE)
             io.score(output).backward()  # type: ignore[no-untyped-call]
         outputs = sorted(output) if isinstance(output, Mapping) else [type(output).__name__]
         with_grad = {k for k, p in swapped.named_parameters() if p.grad is not None}

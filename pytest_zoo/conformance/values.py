@@ -18,7 +18,7 @@ from torch import nn
 
 from ..compat import autocast_gap
 from ..models import building
-from ..models.cache import return_freed_memory
+from ..models.cache import active_cache, return_freed_memory
 from ..models.meta import require_values
 from ..zoo.families import InputSpec
 from . import attribution, deployment, strategies, training
@@ -90,7 +90,13 @@ def _value_check(
         model = _fresh(gate, model)
         drawn = example  # until the hooks ran: then fitted to the model they returned
         if maps and io.task in _BATCHED_TASKS:
-            side = side_for_feature_maps(model, io, spec, drawn, device)
+            # A function of the architecture alone (probes of a meta copy of the as-built model):
+            # the model's checks that widen their input share one search.
+            side = active_cache().memo(
+                ("feature maps", type(gate), name, str(device), drawn.size, drawn.frames),
+                lambda: side_for_feature_maps(model, io, spec, drawn, device),
+                group=name,
+            )
             drawn = dataclasses.replace(drawn, size=(side, side))
         mode = "train" if train else "eval"
         hook = "freeze_backbone" if freeze else "replace_head"

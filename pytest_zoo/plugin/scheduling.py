@@ -16,6 +16,9 @@ scatter them over workers, where each worker would build the model again. So thi
 * orders the items so that a model's tests are consecutive, in their original relative order;
 * releases the cached models once the last test of a model has torn down, so the next model is
   built into freed memory: peak memory is that of the largest model, not the sum;
+* records, once collection is final, which zoo tests this process surely runs
+  (:mod:`pytest_zoo.conformance.scheduled`), so that a check may leave work to another check that
+  does it anyway (the train-mode output shapes, asserted on the gradient check's own forward);
 * on ``--zoo-device=meta``, runs zoo tests under :func:`~pytest_zoo.models.building.structural_init`, so a
   head built by a user's ``replace_head`` hook lands on the meta device like the rest of the model;
 * reports the cache's work in the terminal summary, summed over xdist workers.
@@ -41,6 +44,7 @@ import pytest
 
 from .. import models
 from ..atomic import write_text_atomically
+from ..conformance import scheduled
 from ..models.stats import describe_stats
 from .reliability import zoo_model_of
 
@@ -109,6 +113,29 @@ def _release_models() -> None:
         cache.active_cache().release()
 
 
+#: Marks under which a collected test may not run, or its failure not count.
+_NOT_SURE = frozenset({"skip", "skipif", "xfail"})
+
+
+def _running_here(
+    config: pytest.Config, items: list[pytest.Item], groups_dir: Path | None
+) -> list[tuple[type, str, str]]:
+    """``(gate class, model, test function)`` of each zoo test this process surely runs: none on an
+    xdist worker whose scheduler may send a model's tests elsewhere (``worksteal``, ``loadgroup``,
+    ``load`` without :class:`ZooModelScheduling`)."""
+    if hasattr(config, "workerinput"):
+        dist = config.getvalue("dist")
+        if not (dist in ("loadscope", "loadfile", "each") or (dist == "load" and groups_dir is not None)):
+            return []
+    return [
+        (cls, model, getattr(item, "originalname", item.name))
+        for item in items
+        if (cls := getattr(item, "cls", None)) is not None
+        and (model := zoo_model_of(item)) is not None
+        and not any(mark.name in _NOT_SURE for mark in item.iter_markers())
+    ]
+
+
 def share_cores(workers: int) -> int | None:
     """Give each of ``workers`` processes its share of the cores for torch's intra-op threads.
 
@@ -139,6 +166,8 @@ class ZooScheduling:
         #: Cache statistics reported by xdist workers, summed on the controller.
         self.worker_stats: dict[str, int] = {}
         self.workers = 0
+        #: What an enclosing session in this process (pytester) runs, put back when this one ends.
+        self.outer_schedule: scheduled.Schedule = {}
         workerinput = getattr(config, "workerinput", None)
         #: Where workers write what the controller needs before it schedules: ``{nodeid: model}``
         #: for its scheduler, a usage error found at collection (see :func:`worker_usage_error`).
@@ -199,6 +228,9 @@ class ZooScheduling:
         if model is not None and (nextitem is None or zoo_model_of(nextitem) != model):
             _release_models()
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.outer_schedule = scheduled.record(_running_here(session.config, session.items, self.groups_dir))
+
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         cache = _loaded_cache()
         if cache is not None:  # a session in the same process before this one (pytester, IDEs)
@@ -212,6 +244,7 @@ class ZooScheduling:
             session.exitstatus = pytest.ExitCode.USAGE_ERROR
         stats = self._local_stats()
         _release_models()
+        scheduled.restore(self.outer_schedule)
         workeroutput = getattr(session.config, "workeroutput", None)
         if workeroutput is not None and stats:
             workeroutput["zoo_cache"] = stats
