@@ -6,7 +6,8 @@
 
 The other value checks (:func:`state_dict_round_trip`, :func:`batch_equivalence`,
 :func:`channels_last_equivalence`, :func:`precision_forward`, :func:`compare_outputs`) live in
-:mod:`.equivalence` and are re-exported here, their old path (``pytest_zoo.deployment.X``).
+:mod:`.equivalence` and :mod:`.round_trip` and are re-exported here, their old path
+(``pytest_zoo.deployment.X``).
 
 Every function returns a :class:`~pytest_zoo.training.CheckReport` and raises nothing for a failing
 model; on the meta device it returns a skipped report.
@@ -26,14 +27,14 @@ from .equivalence import (
     BATCH_ATOL,
     BATCH_RTOL,
     LAYOUT_TOL,
-    _exact,
     batch_equivalence,
     channels_last_equivalence,
     compare_outputs,
+    exact_arithmetic,
     precision_forward,
-    state_dict_round_trip,
 )
-from .training import CheckReport, Inputs, _call, _error, needs_values
+from .round_trip import state_dict_round_trip
+from .training import CheckReport, Inputs, call_model, describe_error, needs_values
 
 __all__ = [
     "BATCH_ATOL",
@@ -160,20 +161,20 @@ def deployability(
         return skipped
     model.eval()
     try:
-        with _exact():
-            eager = _call(model, inputs)
+        with exact_arithmetic():
+            eager = call_model(model, inputs)
     except Exception as error:
-        return CheckReport(name, problems=(_error("the eager eval forward", error),))
+        return CheckReport(name, problems=(describe_error("the eager eval forward", error),))
     if method == "compile":
         torch._dynamo.reset()
     try:
-        with _exact():
+        with exact_arithmetic():
             deployed = _deployed(model, method, inputs)
             output = _unwrap(eager, deployed(*inputs[0], **inputs[1]))
     except Exception as error:
         return CheckReport(
             name,
-            problems=(_error(f"{method}", error),),
+            problems=(describe_error(f"{method}", error),),
             found={"deployed": False},
             expected={"deployed": True},
         )

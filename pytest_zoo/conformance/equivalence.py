@@ -1,21 +1,18 @@
 """Equivalence checks: a fine-tuned model reloads, batches, changes memory format and precision alike.
 
-* :func:`state_dict_round_trip` -- the ``state_dict`` saved, loaded ``weights_only`` and strictly into
-  a fresh model from the caller's factory, gives the same eval outputs (a wrapper prefix is named);
 * :func:`batch_equivalence` -- in eval mode each sample's output in a batch equals its output alone;
 * :func:`channels_last_equivalence` -- a channels_last model and input reproduce the eager output;
 * :func:`precision_forward` -- a forward under autocast (or in a converted dtype) is finite, same shapes.
 
-:func:`compare_outputs` is the comparison they (and :mod:`.deployment`) share. Every check returns a
-:class:`~pytest_zoo.training.CheckReport`, raising nothing for a failing model (skipped on meta).
+:func:`compare_outputs` is the comparison they, :mod:`.round_trip` and :mod:`.deployment` share.
+Every check returns a :class:`~pytest_zoo.training.CheckReport`, raising nothing for a failing model
+(skipped on meta).
 """
 
 from __future__ import annotations
 
 import contextlib
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -25,13 +22,12 @@ from .attribution import tolerance_scale, within_tolerance
 from .training import (
     CheckReport,
     Inputs,
-    _call,
-    _error,
-    _listed,
-    _nonfinite,
+    call_model,
+    describe_error,
     model_device,
     named_leaves,
     needs_values,
+    nonfinite,
 )
 
 __all__ = [
@@ -41,20 +37,14 @@ __all__ = [
     "batch_equivalence",
     "channels_last_equivalence",
     "compare_outputs",
+    "exact_arithmetic",
     "precision_forward",
-    "state_dict_round_trip",
 ]
 
 #: transformers' ``test_batching_equivalence`` default tolerances (tests/test_modeling_common.py).
 BATCH_ATOL = BATCH_RTOL = 1e-5
 #: channels_last against contiguous: other kernels, other summation orders.
 LAYOUT_TOL = 1e-4
-
-#: Wrapper prefixes a saved ``state_dict`` can carry, and what added them.
-_WRAPPERS = {
-    "module.": "nn.DataParallel / DistributedDataParallel: save model.module.state_dict()",
-    "_orig_mod.": "torch.compile's OptimizedModule: save model._orig_mod.state_dict()",
-}
 
 
 def compare_outputs(
@@ -100,7 +90,7 @@ def compare_outputs(
 
 
 @contextlib.contextmanager
-def _exact() -> Iterator[None]:
+def exact_arithmetic() -> Iterator[None]:
     """``no_grad`` and no TF32 (cuDNN's default on Ampere): a 1e-5 comparison is about the model."""
     cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -109,116 +99,6 @@ def _exact() -> Iterator[None]:
             yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
-
-
-# -- state dict ------------------------------------------------------------------------------------
-
-
-def _wrapper_prefix(saved: set[str], fresh: set[str]) -> str | None:
-    for prefix in _WRAPPERS:
-        if saved and all(k.startswith(prefix) for k in saved) and {k[len(prefix) :] for k in saved} == fresh:
-            return prefix
-    return None
-
-
-def state_dict_round_trip(
-    model: nn.Module,
-    build_fresh: Callable[[], nn.Module],
-    inputs: Inputs,
-    *,
-    seed: int = 20_240_612,
-    atol: float = 1e-5,
-    rtol: float = 1e-5,
-    check: str = "state_dict round trip",
-) -> CheckReport:
-    """Save ``model.state_dict()`` to a file, reload it into a fresh model, and compare eval outputs.
-
-    ``build_fresh()`` must build the same architecture through the same hooks (``build_model`` then
-    ``replace_head(.., n)``); it runs under ``torch.manual_seed(seed)`` in a forked RNG, so its random
-    initialisation differs from the model's, and its result is moved to the model's device.
-    ``inputs`` are eval-mode inputs. Problems: missing/unexpected keys (naming a ``module.`` or
-    ``_orig_mod.`` wrapper prefix), a refused strict load, and eval outputs that differ after the
-    load (state the outputs depend on that is not in the ``state_dict``: a head kept in a plain
-    list or attribute, a tensor that is not a parameter or persistent buffer).
-
-    On the CPU the file is memory-mapped and its tensors become the fresh model's
-    (``load_state_dict(strict=True, assign=True)``), so the round trip holds the model and the
-    file's pages, not a third copy of the weights. ``assign`` can only misjudge a model that also
-    reaches a parameter outside its registered ones (an alias in a plain list); so outputs that
-    differ are confirmed with a second fresh model loaded by copy, the way users load, before
-    anything is reported.
-    """
-    skipped = needs_values(check, model)
-    if skipped is not None:
-        return skipped
-    device = model_device(model)
-    mapped = device.type == "cpu"
-
-    def fresh_model() -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return build_fresh().to(device)
-
-    with tempfile.TemporaryDirectory(prefix="pytest-zoo-round-trip-", ignore_cleanup_errors=True) as tmp:
-        path = str(Path(tmp) / "state_dict.pt")  # torch 2.1 maps only a str: see compat.mappable
-        torch.save(model.state_dict(), path)
-        saved = torch.load(path, weights_only=True, mmap=mapped, map_location=None if mapped else device)
-        fresh = fresh_model()
-        saved_keys, fresh_keys = set(saved), set(fresh.state_dict())
-        found = {"missing": sorted(fresh_keys - saved_keys), "unexpected": sorted(saved_keys - fresh_keys)}
-        expected: dict[str, object] = {"missing": [], "unexpected": []}
-        if saved_keys != fresh_keys:
-            problem = (
-                f"missing keys {_listed(found['missing'])}, unexpected keys {_listed(found['unexpected'])}"
-            )
-            prefix = _wrapper_prefix(saved_keys, fresh_keys)
-            if prefix is not None:
-                problem = f"every saved key carries the prefix {prefix!r} ({_WRAPPERS[prefix]}); " + problem
-            return CheckReport(
-                check,
-                problems=(f"the saved state_dict does not fit a fresh model: {problem}",),
-                expected=expected,
-                found=found,
-            )
-        try:
-            fresh.load_state_dict(saved, strict=True, assign=mapped)
-        except (RuntimeError, ValueError) as error:
-            return CheckReport(
-                check,
-                problems=(_error("load_state_dict(strict=True)", error),),
-                expected=expected,
-                found=found,
-            )
-        model.eval()
-        try:
-            with _exact():
-                reference = _call(model, inputs)
-                problems, details = compare_outputs(
-                    reference, _call(fresh.eval(), inputs), atol=atol, rtol=rtol, what="the reloaded model"
-                )
-                if problems and mapped:
-                    del fresh
-                    fresh = fresh_model()
-                    # read anew: after an assign=True load, copying loads of it replace parameters
-                    saved = torch.load(path, weights_only=True, mmap=True)
-                    fresh.load_state_dict(saved, strict=True)
-                    problems, details = compare_outputs(
-                        reference,
-                        _call(fresh.eval(), inputs),
-                        atol=atol,
-                        rtol=rtol,
-                        what="the reloaded model",
-                    )
-        except Exception as error:
-            return CheckReport(check, problems=(_error("the eval forward", error),))
-    if problems:
-        problems.append(
-            "some state the outputs depend on is not in state_dict: a head kept in a plain list or "
-            "attribute, or a tensor that is not a registered parameter or persistent buffer"
-        )
-    return CheckReport(
-        check, problems=tuple(problems), expected=expected, found=found, details=tuple(details)
-    )
 
 
 # -- batches ---------------------------------------------------------------------------------------
@@ -250,11 +130,11 @@ def batch_equivalence(
     extra = kwargs or {}
     model.eval()
     try:
-        with _exact():
+        with exact_arithmetic():
             whole = named_leaves(model(batch, **extra))
             alone = [named_leaves(model(batch[i : i + 1], **extra)) for i in range(batch.shape[0])]
     except Exception as error:
-        return CheckReport(check, problems=(_error("the eval forward", error),))
+        return CheckReport(check, problems=(describe_error("the eval forward", error),))
     problems: list[str] = []
     details: list[str] = []
     for i, single in enumerate(alone):
@@ -322,12 +202,12 @@ def channels_last_equivalence(
 
     model.eval()
     try:
-        with _exact():
-            reference = _call(model, inputs)
+        with exact_arithmetic():
+            reference = call_model(model, inputs)
             with _memory_format(model, fmt):
                 converted = model(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()})
     except Exception as error:
-        problem = _error(f"the {fmt} forward", error)
+        problem = describe_error(f"the {fmt} forward", error)
         if "view size is not compatible" in str(error):
             problem += (
                 "; a .view on a non-contiguous channels_last tensor (it merges the channel dimension "
@@ -366,9 +246,9 @@ def precision_forward(
     try:
         with torch.no_grad():
             if autocast:
-                reference: object = _call(model, inputs)
+                reference: object = call_model(model, inputs)
                 with torch.autocast(device.type, dtype=dtype):
-                    output = _call(model, inputs)
+                    output = call_model(model, inputs)
             else:
                 target = next(model.parameters()).dtype
 
@@ -382,7 +262,7 @@ def precision_forward(
                 output = model(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
                 reference = output
     except Exception as error:
-        problem = _error(f"the forward under {name}", error)
+        problem = describe_error(f"the forward under {name}", error)
         if "dtype" in str(error) or "same type" in str(error) or "scalar type" in str(error).lower():
             problem += (
                 "; a layer computes in a fixed dtype that differs from the model's: build the head "
@@ -393,7 +273,7 @@ def precision_forward(
     shapes = {k: tuple(v.shape) for k, v in leaves.items()}
     expected = {k: tuple(v.shape) for k, v in named_leaves(reference).items()}
     problems = [
-        f"output '{k}' under {name} is not finite: {t}" for k, v in leaves.items() if (t := _nonfinite(v))
+        f"output '{k}' under {name} is not finite: {t}" for k, v in leaves.items() if (t := nonfinite(v))
     ]
     if shapes != expected:
         problems.append(f"output shapes under {name} differ from float32: {shapes} != {expected}")

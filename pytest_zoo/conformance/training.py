@@ -119,7 +119,7 @@ def named_leaves(output: object, prefix: str = "") -> dict[str, torch.Tensor]:
     return leaves
 
 
-def _nonfinite(tensor: torch.Tensor) -> str | None:
+def nonfinite(tensor: torch.Tensor) -> str | None:
     """``"3 NaN, 1 inf of 40 values"`` for a floating tensor with non-finite values, else ``None``."""
     if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
         return None
@@ -135,19 +135,19 @@ def _nonfinite(tensor: torch.Tensor) -> str | None:
     return f"{nan:,} NaN, {inf:,} inf of {values.numel():,} values"
 
 
-def _listed(names: Iterable[str], noun: str = "", limit: int = 5) -> str:
+def listed(names: Iterable[str], noun: str = "", limit: int = 5) -> str:
     """``"20 layers (bn1, layer1.0.bn1, ...)"``: a count, what they are, the first few names."""
     ordered = sorted(names)
     shown = ", ".join(ordered[:limit]) + (", ..." if len(ordered) > limit else "")
     return f"{len(ordered)} {noun} ({shown})" if noun else f"{len(ordered)} ({shown})"
 
 
-def _error(step: str, error: BaseException) -> str:
+def describe_error(step: str, error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{step} raised {type(error).__name__}: {text[0][:300] if text else ''}"
 
 
-def _call(model: nn.Module, inputs: Inputs) -> object:
+def call_model(model: nn.Module, inputs: Inputs) -> object:
     args, kwargs = inputs
     return model(*args, **kwargs)
 
@@ -169,11 +169,11 @@ def finite_outputs(
     model.train(train)
     try:
         with torch.no_grad():
-            output = _call(model, inputs)
+            output = call_model(model, inputs)
     except Exception as error:
-        return CheckReport(check, problems=(_error(f"the {mode}-mode forward", error),))
+        return CheckReport(check, problems=(describe_error(f"the {mode}-mode forward", error),))
     leaves = named_leaves(output)
-    bad = {name: text for name, tensor in leaves.items() if (text := _nonfinite(tensor)) is not None}
+    bad = {name: text for name, tensor in leaves.items() if (text := nonfinite(tensor)) is not None}
     problems = tuple(f"{mode}-mode output '{name}' is not finite: {text}" for name, text in bad.items())
     if not leaves:
         problems += (f"the {mode}-mode forward returned no tensor ({type(output).__name__})",)
@@ -197,12 +197,12 @@ def nonfinite_state(model: nn.Module, *, check: str = "finite parameters") -> Ch
     if skipped is not None:
         return skipped
     state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    bad = {name: text for name, tensor in state.items() if (text := _nonfinite(tensor)) is not None}
+    bad = {name: text for name, tensor in state.items() if (text := nonfinite(tensor)) is not None}
     problems: tuple[str, ...] = ()
     if bad:
         owners = sorted({name.rpartition(".")[0] or name for name in bad})
         problems = (
-            f"{len(bad)} parameters/buffers hold NaN or inf, in {_listed(owners, 'layers')}: "
+            f"{len(bad)} parameters/buffers hold NaN or inf, in {listed(owners, 'layers')}: "
             "a layer left uninitialised (torch.empty without an init) or loaded from partial "
             "weights whose other layers are NaN; initialise or replace those layers too",
         )
@@ -259,25 +259,25 @@ def full_backward(
         parameter.grad = None
     model.train()
     try:
-        loss = score(_call(model, inputs))
+        loss = score(call_model(model, inputs))
         loss.backward()  # type: ignore[no-untyped-call]
     except Exception as error:
-        return CheckReport(check, problems=(_error("the train-mode forward and backward", error),))
+        return CheckReport(check, problems=(describe_error("the train-mode forward and backward", error),))
     params = dict(model.named_parameters())
     without = {name for name, p in params.items() if p.grad is None}
-    bad = {n: t for n, p in params.items() if p.grad is not None and (t := _nonfinite(p.grad)) is not None}
+    bad = {n: t for n, p in params.items() if p.grad is not None and (t := nonfinite(p.grad)) is not None}
     problems = []
     if not torch.isfinite(loss.detach()).all():
         problems.append(f"the loss is not finite ({float(loss.detach()):.3g})")
     if undeclared := without - declared.keys():
         problems.append(
-            f"{_listed(undeclared, 'parameters')} got no gradient with everything trainable: the forward "
+            f"{listed(undeclared, 'parameters')} got no gradient with everything trainable: the forward "
             "never uses them (a layer built but not called, or an output detached from it)"
         )
     if stale := (declared.keys() & params.keys()) - without:
-        problems.append(f"declared without a gradient but got one (stale declaration): {_listed(stale)}")
+        problems.append(f"declared without a gradient but got one (stale declaration): {listed(stale)}")
     if bad:
-        problems.append(f"{_listed(bad, 'parameters')} have NaN or inf gradients")
+        problems.append(f"{listed(bad, 'parameters')} have NaN or inf gradients")
     return CheckReport(
         check,
         problems=tuple(problems),
@@ -326,7 +326,7 @@ def training_step(
     params = dict(model.named_parameters())
     if unknown := set(must_train) - params.keys():
         return CheckReport(
-            check, problems=(f"must_train names parameters the model lacks: {_listed(unknown)}",)
+            check, problems=(f"must_train names parameters the model lacks: {listed(unknown)}",)
         )
     # Only what can get a gradient is copied: the step updates nothing else, so for the rest it is
     # enough to see that no in-place write reached it (its version and storage), without a copy of
@@ -343,12 +343,12 @@ def training_step(
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     optimizer.zero_grad(set_to_none=True)
     try:
-        loss = score(_call(model, inputs))
+        loss = score(call_model(model, inputs))
         if loss.requires_grad:  # nothing trainable reached: nothing moves, reported below
             loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     except Exception as error:
-        return CheckReport(check, problems=(_error("the training step", error),))
+        return CheckReport(check, problems=(describe_error("the training step", error),))
     changed = {name for name, value in before.items() if not torch.equal(params[name].detach(), value)}
     changed |= {name for name, saved in untouched.items() if fingerprint(params[name]) != saved}
     stepped = {name for name, p in params.items() if p.grad is not None and p in optimizer.state}
@@ -364,22 +364,22 @@ def training_step(
         unused = stuck - frozen
         if frozen:
             problems.append(
-                f"{_listed(frozen, 'parameters')} that must train did not change in one SGD step: they "
+                f"{listed(frozen, 'parameters')} that must train did not change in one SGD step: they "
                 "have requires_grad=False after model.train()"
             )
         if unused:
             problems.append(
-                f"{_listed(unused, 'parameters')} that must train got no gradient at all: the forward "
+                f"{listed(unused, 'parameters')} that must train got no gradient at all: the forward "
                 "does not use them (a layer built but not called, or an output detached from it)"
             )
     if moved:
         problems.append(
-            f"{_listed(moved, 'parameters')} that must stay frozen changed in one SGD step over "
+            f"{listed(moved, 'parameters')} that must stay frozen changed in one SGD step over "
             "model.parameters(), or got a .grad: they still have requires_grad=True"
         )
     if drifted:
         problems.append(
-            f"running statistics moved in {_listed(drifted, 'backbone normalisation layers')} under a "
+            f"running statistics moved in {listed(drifted, 'backbone normalisation layers')} under a "
             "frozen-statistics policy: model.train() put them back in train mode; keep them in eval "
             "mode with a forward pre-hook, or convert them to FrozenBatchNorm2d"
         )
@@ -392,7 +392,7 @@ def training_step(
         found={"trained": len(trained), "frozen norm layers moved": len(drifted)},
         details=(
             f"loss {float(loss.detach()):.4g}",
-            f"changed: {_listed(changed)}",
-            *([f"trained with an exactly zero update for this input: {_listed(still)}"] if still else []),
+            f"changed: {listed(changed)}",
+            *([f"trained with an exactly zero update for this input: {listed(still)}"] if still else []),
         ),
     )
