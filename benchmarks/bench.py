@@ -52,13 +52,13 @@ Sections:
   included) with one backward, ``.grad`` exactly on the head. Floor, per example of the kit's
   forward-shape check (n, eval input A, train input B): swap, eval forward at A, freeze, train forward
   and backward at B: what the forward-shape and gradient checks need together. A second floor row,
-  "the kit's own forwards", runs exactly the forwards the kit runs (A, a no-grad train forward at B,
-  then the gradient check's own draws C with a backward): kit minus that row is the kit's overhead
-  outside forwards. Naive, floors and kit run on every ``--naive-every``-th selected model for the
-  ratios (goal: the kit >= 2x faster than the naive, <= 1.5x the floor), and the kit alone on all
-  selected models for the absolute time (``--subset-only`` skips that run). The kit's freeze check
-  also runs one explicit example at the builder's own class count, and checks that the backbone
-  outweighs the head there; the naive does neither (a cheaper naive again).
+  "the kit's own forwards", runs exactly the forwards the kit runs (A, then the gradient check's own
+  draws C with a backward, on which the kit also asserts the train-mode shapes): kit minus that row
+  is the kit's overhead outside forwards. Naive, floors and kit run on every ``--naive-every``-th
+  selected model for the ratios (goal: the kit >= 2x faster than the naive, <= 1.5x the floor), and
+  the kit alone on all selected models for the absolute time (``--subset-only`` skips that run).
+  The kit's freeze check also runs one explicit example at the builder's own class count, and
+  checks that the backbone outweighs the head there; the naive does neither (a cheaper naive again).
 * ``structural``: the checks the naive can do without forwards (head vs builder, freeze counts,
   weights metadata) over every builder of every task. Naive: real builds, one per example, head
   formula, freeze counts, ``len(categories)`` against the head; kit: the same three checks with
@@ -279,8 +279,9 @@ checks need, nothing else. Plain python, no pytest; the kit's strategies and see
 
 FLOOR_MODE=compute: per example of the kit's forward-shape check (n, eval A, train B): swap, eval
 forward at A, freeze, train forward and backward at B. FLOOR_MODE=kit: exactly the forwards the kit
-runs: that check's eval A and no-grad train B, then the gradient check's own examples (n, C): swap,
-freeze, train forward and backward at C. FLOOR_MODE=structural: a meta build, a swap per example.
+runs: that check's eval A (its train-mode shapes are asserted on the gradient check's forward), then
+the gradient check's own examples (n, C): swap, freeze, train forward and backward at C.
+FLOOR_MODE=structural: a meta build, a swap per example.
 """
 import os
 import time
@@ -361,10 +362,9 @@ for name in NAMES:
         replace_head(model, n)
         model.eval()
         run(model, io.inputs(model, eval_example, n, DEVICE, train=False), backward=False)
-        model.train()
         if MODE == "kit":
-            run(model, io.inputs(model, train_example, n, DEVICE, train=True), backward=False)
             return
+        model.train()
         freeze_backbone(model)
         output = run(model, io.inputs(model, train_example, n, DEVICE, train=True), backward=True)
         io.score(output).backward()
