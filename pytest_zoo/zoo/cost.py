@@ -14,18 +14,20 @@ collection, from what torchvision publishes with each weights enum, never a buil
 * whether the model is quantized: its checks also convert it, which costs several float loads.
 
 The coefficients were fitted to the per-model times of a whole-zoo CPU run (``pytest
---zoo-models='*' -n 2``, torch 2.x, 2 cores); on it the estimate ranks the 121 models with a
-Spearman correlation of 0.88, and the 10 longest are among its first 12. Only the order matters,
-so the units are nominal seconds. A model torchvision publishes no weights for (a model of the
-user's own) has no estimate: it sorts first, where it costs at most its own time however large
-it is. Imports torchvision, which is loaded anyway whenever zoo models are collected.
+--zoo-models='*' -n 2``, 2 cores): on it the estimate ranks the 121 models with a Spearman
+correlation of 0.88, its first 8 are the 8 longest, and 9 of the 10 longest are in its first 10
+(Keypoint R-CNN, whose per-box heads cost what the image size does not show, is 30th). Only the
+order matters, so the units are nominal seconds. A model torchvision publishes no weights for (a
+model of the user's own) has no estimate: it sorts first, where however long it takes it cannot
+be the one a worker still runs at the end. Imports torchvision, which is loaded anyway whenever
+zoo models are collected.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -52,7 +54,8 @@ _PER_METADATA_CHECK = 0.01  # a weights check that reads metadata only
 _REFERENCE_SIDE = MappingProxyType({"detection": 800, "segmentation": 520, "optical_flow": 700})
 #: The clip length video ``_ops`` are measured on.
 _REFERENCE_FRAMES = 16
-#: The batch sizes the checks draw (see ``conformance.strategies.MAX_BATCH``) unless a row caps them.
+#: The largest batch the checks draw where the family row sets no ``max_batch`` (the estimate
+#: assumes the batch sizes 1 to this are drawn equally often).
 _TYPICAL_BATCH = 4
 
 
@@ -91,7 +94,7 @@ def footprint(model: str) -> Footprint | None:
     )
 
 
-def _geometry_scale(model: str) -> Any:
+def _geometry_scale(model: str) -> Callable[[Any], float]:
     """A function of a weights member: the kit's forward cost over the one its ``_ops`` were measured at."""
     family = find_family(model)
     if family is None:  # a builder added after the table: the table's default (small) inputs
