@@ -51,6 +51,90 @@ def test_two_workers_keep_each_model_together_and_match_the_serial_run(pytester:
     assert len(_outcomes_by_test(serial.outlines)) > 3 * 5
 
 
+#: Largest first by the estimate: vgg11 (133M parameters), resnet50, mobilenet_v3_large, squeezenet1_1.
+#: xdist's own order (most tests first) would start with resnet50 and mobilenet_v3_large, which
+#: have two weights enums each, and leave vgg11 for last.
+BY_SIZE = ("vgg11", "resnet50", "mobilenet_v3_large", "squeezenet1_1")
+
+PLAIN_TESTS = """
+def test_plain_first():
+    pass
+
+def test_plain_second():
+    assert 1 + 1 == 3
+"""
+
+
+def _blocks(lines: list[str]) -> list[str]:
+    """The run's order: one entry per run of consecutive results of the same model (or plain test)."""
+    order: list[str] = []
+    for line in lines:
+        match = re.search(r"\[gw\d\] \[\s*\d+%\] \w+ (\S+)", line)
+        if match is None:
+            continue
+        model = re.search(r"\[(\w+)[\]-]", match.group(1))
+        key = model.group(1) if model else match.group(1)
+        if not order or order[-1] != key:
+            order.append(key)
+    return order
+
+
+def test_workers_hand_out_the_largest_model_first_and_other_tests_after(pytester: pytest.Pytester) -> None:
+    """One worker runs the scopes in the order the controller hands them out: the models largest
+    first, each once, then the other tests in their collection order; outcomes are the serial run's."""
+    pytester.makepyfile(test_plain=PLAIN_TESTS)
+    args = (f"--zoo-models={','.join(sorted(BY_SIZE))}", "--zoo-device=meta", "--zoo-examples=1", "-v")
+    one = pytester.runpytest_subprocess(*args, "-n", "1")
+    one.stdout.fnmatch_lines(["scheduling tests via ZooModelScheduling"])
+    assert _blocks(one.outlines) == [
+        *BY_SIZE,
+        "test_plain.py::test_plain_first",
+        "test_plain.py::test_plain_second",
+    ], one.stdout.str()
+
+    serial = pytester.runpytest_subprocess(*args)
+    assert one.parseoutcomes() == serial.parseoutcomes()
+    assert _outcomes_by_test(one.outlines) == _outcomes_by_test(serial.outlines)
+    # the serial order is the collection's, each model's tests together: nothing sorted by size
+    assert [m for m in BY_SIZE if f"[{m}]" in serial.stdout.str()] == list(BY_SIZE)
+    first = {m: serial.stdout.str().index(f"[{m}]") for m in BY_SIZE}
+    assert sorted(first, key=first.__getitem__) == sorted(BY_SIZE)
+
+
+def test_two_workers_start_with_the_two_largest_models(pytester: pytest.Pytester) -> None:
+    """Each worker's first scope is one of the first two the controller hands out: the two largest."""
+    result = pytester.runpytest_subprocess(
+        f"--zoo-models={','.join(BY_SIZE)}", "--zoo-device=meta", "--zoo-examples=1", "-v", "-n", "2"
+    )
+    assert result.ret == 0
+    first: dict[str, str] = {}
+    for worker, model in re.findall(
+        r"\[(gw\d)\] \[\s*\d+%\] \w+ pytest-zoo::\S+\[(\w+)\S*\]", result.stdout.str()
+    ):
+        first.setdefault(worker, model)
+    assert sorted(first.values()) == sorted(BY_SIZE[:2]), result.stdout.str()
+
+
+def test_the_estimate_ranks_by_size_and_puts_unknown_models_first() -> None:
+    """The order comes from torchvision's published metadata, nothing is built; a model it has no
+    weights for (a user's own) has no estimate and goes first, where it cannot lengthen the tail."""
+    from pytest_zoo.zoo.cost import UNKNOWN, estimate
+
+    checks = [("test_forward_shape", None), ("test_load_pretrained", "*"), ("test_schema", "*")]
+    names = ["squeezenet1_1", "regnet_y_128gf", "resnet18", "my_own_net", "vit_l_16", "mvit_v2_s", "s3d"]
+    costs = estimate((name, check, weights) for name in names for check, weights in checks)
+    assert costs["my_own_net"] == UNKNOWN
+    assert sorted(costs, key=lambda n: -costs[n]) == [
+        "my_own_net",
+        "regnet_y_128gf",
+        "vit_l_16",
+        "mvit_v2_s",
+        "s3d",
+        "resnet18",
+        "squeezenet1_1",
+    ]
+
+
 def test_an_explicit_dist_mode_is_left_alone(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess(
         "--zoo-models=squeezenet1_1",

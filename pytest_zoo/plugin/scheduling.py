@@ -14,6 +14,9 @@ scatter them over workers, where each worker would build the model again. So thi
   An explicit ``--dist`` (``loadscope``, ``loadfile``, ``loadgroup``, ``worksteal``, ``each``)
   is left to xdist;
 * orders the items so that a model's tests are consecutive, in their original relative order;
+  under xdist the models come first, largest first by :mod:`pytest_zoo.zoo.cost`'s estimate,
+  and the scheduler hands them out in that order (LPT), so the run does not end with one worker
+  alone on a model that takes minutes while the other idles;
 * releases the cached models once the last test of a model has torn down, so the next model is
   built into freed memory: peak memory is that of the largest model, not the sum;
 * records, once collection is final, which zoo tests this process surely runs
@@ -52,6 +55,7 @@ __all__ = [
     "ZooScheduling",
     "group_by_model",
     "make_scheduler",
+    "model_costs",
     "share_cores",
     "worker_usage_error",
 ]
@@ -59,20 +63,52 @@ __all__ = [
 USAGE_ERROR_FILE = "usage-error.txt"
 
 
-def group_by_model(items: list[pytest.Item]) -> None:
+def group_by_model(items: list[pytest.Item], *, largest_first: bool = False) -> None:
     """Reorder ``items`` in place so each zoo model's tests are consecutive.
 
     Each model's block sits where its first test was; tests that check no zoo model keep their
-    place relative to the blocks; within a block the collection order is kept.
+    place relative to the blocks; within a block the collection order is kept. ``largest_first``
+    (xdist workers) instead puts the blocks first, by :func:`model_costs` descending, then the other
+    tests in their order: the schedule that ends soonest hands out the long jobs first and keeps
+    the short ones (and tests of unknown cost, most often unit tests) to fill the gaps at the end.
     """
+    models = [zoo_model_of(item) for item in items]
     first: dict[str, int] = {}
-    keys: list[tuple[int, int]] = []
-    for index, item in enumerate(items):
-        model = zoo_model_of(item)
-        anchor = first.setdefault(model, index) if model is not None else index
-        keys.append((anchor, index))
+    for index, model in enumerate(models):
+        if model is not None:
+            first.setdefault(model, index)
+    if largest_first and first:
+        costs = model_costs(items, models)
+        rank = {model: place for place, model in enumerate(sorted(first, key=lambda m: -costs[m]))}
+        keys = [(0, rank[m], i) if m is not None else (1, i, i) for i, m in enumerate(models)]
+    else:
+        keys = [(first[m] if m is not None else i, i, 0) for i, m in enumerate(models)]
     order = sorted(range(len(items)), key=keys.__getitem__)
     items[:] = [items[i] for i in order]
+
+
+def model_costs(items: list[pytest.Item], models: list[str | None]) -> dict[str, float]:
+    """The estimated cost of each zoo model's tests among ``items`` (``models[i]`` checks ``items[i]``).
+
+    A pure function of the collected items, as xdist needs: every worker computes the same order.
+    Only called when zoo models are collected, so torchvision is already loaded.
+    """
+    from ..zoo.cost import estimate
+
+    def check(item: pytest.Item) -> str:
+        return getattr(item, "originalname", None) or item.name.partition("[")[0]
+
+    def weights(item: pytest.Item) -> str | None:
+        callspec = getattr(item, "callspec", None)
+        case = callspec.params.get("zoo_weights") if callspec is not None else None
+        # the member's name from the id "<builder>-<member>" (pytest_zoo.weights.cases.WeightsCase.id)
+        return None if case is None else str(case).partition("-")[2] or str(case)
+
+    return estimate(
+        (model, check(item), weights(item))
+        for item, model in zip(items, models, strict=True)
+        if model is not None
+    )
 
 
 #: How torch says an operation needs data that a meta tensor does not have.
@@ -194,8 +230,8 @@ class ZooScheduling:
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        group_by_model(items)
         workerinput = getattr(config, "workerinput", None)
+        group_by_model(items, largest_first=workerinput is not None)
         if workerinput is not None and any(zoo_model_of(item) is not None for item in items):
             # only a run that checks models gets its threads changed, before any test runs
             share_cores(int(workerinput.get("workercount", 1)))
@@ -285,21 +321,34 @@ def make_scheduler(config: pytest.Config, log: Any, groups_dir: Path) -> Any:
 
         def __init__(self, config: pytest.Config, log: Any = None) -> None:
             super().__init__(config, log)
-            self._groups: dict[str, str] = {}
-            self._read: frozenset[str] = frozenset()
+            self._groups: dict[str, str] | None = None
 
         def _model(self, nodeid: str) -> str | None:
-            if nodeid not in self._groups:
-                files = frozenset(p.name for p in groups_dir.glob("*.json"))
-                if files != self._read:
-                    self._read = files
-                    for name in sorted(files):
-                        self._groups.update(json.loads((groups_dir / name).read_text(encoding="utf-8")))
+            if self._groups is None:
+                # every worker wrote its file before it reported its collection, and the scheduler
+                # splits scopes only once all collections are in: one read is all there is
+                self._groups = {}
+                for path in sorted(groups_dir.glob("*.json")):
+                    self._groups.update(json.loads(path.read_text(encoding="utf-8")))
             return self._groups.get(nodeid)
 
         def _split_scope(self, nodeid: str) -> str:
             model = self._model(nodeid)
             return nodeid if model is None else f"zoo-model:{model}"
+
+        def schedule(self) -> None:
+            """Hand the scopes out in collection order, which the workers made largest model first.
+
+            ``loadscope`` would sort them by their number of tests (``--loadscope-reorder``, the
+            default since xdist 3.6), which says little about how long a model takes.
+            """
+            option = self.config.option
+            reorder = getattr(option, "loadscopereorder", None)
+            option.loadscopereorder = False
+            try:
+                super().schedule()
+            finally:
+                option.loadscopereorder = reorder
 
     return ZooModelScheduling(config, log)
 
