@@ -6,9 +6,11 @@ check of identical collection; the rest is read from the verbose report (``[gwN]
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +187,55 @@ def test_workers_share_the_cores_unless_the_user_set_threads(
     result.assert_outcomes(passed=1)
     expected = omp or str(max(1, len(os.sched_getaffinity(0)) // 2))
     assert (pytester.path / "threads.txt").read_text().splitlines() == [f"threads={expected} omp={expected}"]
+
+
+class _Node:
+    """What xdist's scheduler asks of a worker: a name, the tests it is sent, a shutdown."""
+
+    def __init__(self, name: str) -> None:
+        self.gateway = type("Gateway", (), {"id": name})()
+        self.sent: list[int] = []
+        self.shutting_down = False
+
+    def send_runtest_some(self, indices: list[int]) -> None:
+        self.sent += indices
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+
+
+def test_the_scheduler_never_starts_two_models_beyond_the_memory_budget_side_by_side(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """Two large models wait for each other; small ones fill the other worker meanwhile."""
+    from pytest_zoo.plugin.xdist_scheduler import make_scheduler
+    from pytest_zoo.zoo.cost import MODEL_MEMORY_BUDGET_MB
+
+    big = MODEL_MEMORY_BUDGET_MB * 0.6  # two of them would not fit together, one with a small one does
+    models = {"big_a": big, "big_b": big, "small_a": 100.0, "small_b": 100.0}
+    ids = [f"pytest-zoo::TestZoo::test_{check}[{model}]" for model in models for check in ("x", "y", "z")]
+    groups = {nodeid: nodeid.rpartition("[")[2].rstrip("]") for nodeid in ids}
+    (tmp_path / "gw0.json").write_text(json.dumps({"groups": groups, "megabytes": models}))
+    scheduler = make_scheduler(pytester.parseconfig("-p", "xdist", "--dist=load", "--tx=2*popen"), None, tmp_path)
+    first, second = _Node("gw0"), _Node("gw1")
+    for node in (first, second):
+        scheduler.add_node(node)
+        scheduler.add_node_collection(node, ids)
+    scheduler.schedule()
+
+    def models_of(node: _Node) -> list[str]:
+        return list(dict.fromkeys(groups[ids[i]] for i in node.sent))
+
+    assert models_of(first)[0] == "big_a"
+    assert "big_b" not in models_of(second)  # the small ones go beside big_a instead
+    assert models_of(second) == ["small_a"]
+    done: set[int] = set()
+    while set(second.sent) - done:  # the small ones run and finish beside big_a; big_b waits
+        index = min(set(second.sent) - done)
+        scheduler.mark_test_complete(second, index)
+        done.add(index)
+    assert models_of(second) == ["small_a", "small_b"]
+    assert "big_b" not in models_of(first) + models_of(second)
+    for index in list(first.sent):  # big_a finishes: big_b goes out, on either worker
+        scheduler.mark_test_complete(first, index)
+    assert "big_b" in models_of(first) + models_of(second)

@@ -54,7 +54,6 @@ from .reliability import zoo_model_of
 __all__ = [
     "ZooScheduling",
     "group_by_model",
-    "make_scheduler",
     "model_costs",
     "share_cores",
     "worker_usage_error",
@@ -117,6 +116,15 @@ _NO_VALUES = re.compile(
     r"data-dependent|data-independent|on the meta device|device meta is not on the expected device",
     re.IGNORECASE,
 )
+
+
+def _megabytes(models: set[str]) -> dict[str, float]:
+    """What each model's checks hold at their peak (:func:`~pytest_zoo.zoo.cost.model_megabytes`)."""
+    if not models:
+        return {}
+    from ..zoo.cost import model_megabytes
+
+    return {model: model_megabytes(model) for model in sorted(models)}
 
 
 def _missing_values(error: BaseException) -> str | None:
@@ -222,6 +230,8 @@ class ZooScheduling:
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         if self.groups_dir is None or config.getvalue("dist") != "load":
             return None
+        from .xdist_scheduler import make_scheduler
+
         return make_scheduler(config, log, self.groups_dir)
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
@@ -237,8 +247,10 @@ class ZooScheduling:
             share_cores(int(workerinput.get("workercount", 1)))
         if workerinput is not None and self.groups_dir is not None:
             groups = {item.nodeid: model for item in items if (model := zoo_model_of(item)) is not None}
+            megabytes = _megabytes(set(groups.values()))
             target = self.groups_dir / f"{workerinput['workerid']}.json"
-            write_text_atomically(target, json.dumps(groups))  # the controller never reads half a file
+            # the controller never reads half a file
+            write_text_atomically(target, json.dumps({"groups": groups, "megabytes": megabytes}))
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
@@ -306,51 +318,6 @@ class ZooScheduling:
             return
         where = f" (summed over {self.workers} xdist workers)" if self.workers else ""
         terminalreporter.write_line(f"pytest-zoo cache: {describe_stats(stats)}{where}")
-
-
-def make_scheduler(config: pytest.Config, log: Any, groups_dir: Path) -> Any:
-    """xdist's ``loadscope`` scheduler with one scope per zoo model and one per other test.
-
-    Built on xdist's own :class:`~xdist.scheduler.LoadScopeScheduling` (imported only here, in an
-    xdist run), so distribution, rescheduling on a crashed worker and ``--maxfail`` stay xdist's.
-    """
-    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
-
-    class ZooModelScheduling(LoadScopeScheduling):  # type: ignore[misc]
-        """Each zoo model's tests on one worker; other tests one by one, as ``--dist load``."""
-
-        def __init__(self, config: pytest.Config, log: Any = None) -> None:
-            super().__init__(config, log)
-            self._groups: dict[str, str] | None = None
-
-        def _model(self, nodeid: str) -> str | None:
-            if self._groups is None:
-                # every worker wrote its file before it reported its collection, and the scheduler
-                # splits scopes only once all collections are in: one read is all there is
-                self._groups = {}
-                for path in sorted(groups_dir.glob("*.json")):
-                    self._groups.update(json.loads(path.read_text(encoding="utf-8")))
-            return self._groups.get(nodeid)
-
-        def _split_scope(self, nodeid: str) -> str:
-            model = self._model(nodeid)
-            return nodeid if model is None else f"zoo-model:{model}"
-
-        def schedule(self) -> None:
-            """Hand the scopes out in collection order, which the workers made largest model first.
-
-            ``loadscope`` would sort them by their number of tests (``--loadscope-reorder``, the
-            default since xdist 3.6), which says little about how long a model takes.
-            """
-            option = self.config.option
-            reorder = getattr(option, "loadscopereorder", None)
-            option.loadscopereorder = False
-            try:
-                super().schedule()
-            finally:
-                option.loadscopereorder = reorder
-
-    return ZooModelScheduling(config, log)
 
 
 def worker_usage_error(config: pytest.Config, message: str) -> bool:

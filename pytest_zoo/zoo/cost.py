@@ -34,7 +34,15 @@ from typing import Any
 
 from .families import find_family
 
-__all__ = ["UNKNOWN", "Footprint", "check_seconds", "estimate", "footprint"]
+__all__ = [
+    "MODEL_MEMORY_BUDGET_MB",
+    "UNKNOWN",
+    "Footprint",
+    "check_seconds",
+    "estimate",
+    "footprint",
+    "model_megabytes",
+]
 
 #: The estimate of a model with no published footprint: first in line (see the module docstring).
 UNKNOWN = math.inf
@@ -151,3 +159,23 @@ def estimate(tests: Iterable[tuple[str, str, str | None]]) -> dict[str, float]:
     for model, check, weights in tests:
         totals[model] = totals.get(model, 0.0) + check_seconds(footprint(model), check, weights)
     return totals
+
+
+#: What the models that different workers check at the same time may hold together. With each
+#: worker's own ~0.7 GB (torch, torchvision, Hypothesis) and the controller's, ``-n 2`` then stays
+#: within 8 GB: regnet_y_128gf and vit_h_14 side by side had peaked at 11.6 GB.
+MODEL_MEMORY_BUDGET_MB = 5632.0
+
+#: What a model's checks hold at their peak, per parameter: the fp32 weights and a model-sized
+#: second set (the full backward's gradients, a loaded checkpoint's mapped pages). Measured on the
+#: largest builders: 6.7 to 8 bytes per parameter over the worker's own memory.
+_BYTES_PER_PARAMETER = 8
+
+
+def model_megabytes(model: str) -> float:
+    """The memory ``model``'s checks hold at their peak, beyond the worker's own; 0 when unknown.
+
+    Unknown means a model of the user's own: nothing is known to hold it back, so nothing does.
+    """
+    found = footprint(model)
+    return 0.0 if found is None else found.mparams * _BYTES_PER_PARAMETER
