@@ -225,13 +225,16 @@ def _expect_no_head(gate: Gate, name: str, model: nn.Module) -> None:
 def _converted(gate: Gate, name: str) -> nn.Module | None:
     """A ``quantized_*`` builder's converted model (``quantize=True``), built once per test, on CPU.
 
-    Conversion needs real values (it calibrates on one image), so it has no structural form.
+    Conversion needs real values (it calibrates on one image), so it has no structural form. Its
+    checks read shapes only, so its initial values are zeros rather than random draws (see
+    :func:`~pytest_zoo.models.building.zero_init`).
     """
     if not gate.builder_oracle:
         return None
     if not torch.backends.quantized.supported_engines:
         return None
-    return building.build_model(name, quantize=True, device="cpu")
+    with building.zero_init():
+        return building.build_model(name, quantize=True, device="cpu")
 
 
 def _check_converted(gate: Gate, name: str, model: nn.Module, n: int, example: tasks.Example) -> None:

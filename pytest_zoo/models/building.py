@@ -31,6 +31,7 @@ __all__ = [
     "takes_num_classes",
     "uninitialised_as_nan",
     "uninitialised_copy",
+    "zero_init",
 ]
 
 
@@ -167,19 +168,36 @@ def poisoned_init() -> Iterator[None]:
     NaN instead of leaving memory as it is: a value the load did not overwrite stays NaN, so it
     cannot pass for a loaded one.
     """
-    from unittest import mock
-
-    with contextlib.ExitStack() as stack:
-        for initialiser in _INITIALISERS:
-            stack.enter_context(mock.patch.object(nn.init, initialiser, _poison))
+    with _filled_init(float("nan")):
         yield
 
 
-def _poison(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    if tensor.is_floating_point():
-        with torch.no_grad():
-            tensor.fill_(float("nan"))
-    return tensor
+@contextlib.contextmanager
+def zero_init() -> Iterator[None]:
+    """Within this context, ``torch.nn.init``'s initialisers fill floating tensors with zeros.
+
+    For a real build whose values are read but whose shapes alone are checked: a ``quantize=True``
+    build calibrates and converts, which NaN would not survive, and random draws for
+    quantized_resnext101's 88M weights were a quarter of the conversion's time.
+    """
+    with _filled_init(0.0):
+        yield
+
+
+@contextlib.contextmanager
+def _filled_init(value: float) -> Iterator[None]:
+    from unittest import mock
+
+    def fill(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if tensor.is_floating_point():
+            with torch.no_grad():
+                tensor.fill_(value)
+        return tensor
+
+    with contextlib.ExitStack() as stack:
+        for initialiser in _INITIALISERS:
+            stack.enter_context(mock.patch.object(nn.init, initialiser, fill))
+        yield
 
 
 def builder_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
