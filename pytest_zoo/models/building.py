@@ -19,7 +19,7 @@ from torch import nn
 
 from ..compat import default_device, set_fill_uninitialized_memory
 from ..zoo.families import find_family
-from .meta import meta_fast_paths
+from .meta import meta_fast_paths, without_memo
 
 __all__ = [
     "accepts",
@@ -27,6 +27,7 @@ __all__ = [
     "builder_kwargs",
     "poisoned_init",
     "real_init",
+    "small_calibration",
     "structural_init",
     "takes_num_classes",
     "uninitialised_as_nan",
@@ -83,15 +84,18 @@ def real_init() -> Iterator[None]:
     """Suspend every active :func:`structural_init`: modules built here get real tensors.
 
     For the one build in a structural run that needs values on purpose (``build_model(name,
-    device="cpu")``, e.g. a quantized conversion that calibrates on an image).
+    device="cpu")``, e.g. a quantized conversion that calibrates on an image). The meta memo is
+    left too (:func:`~pytest_zoo.models.meta.without_memo`): real tensors get nothing from it.
     """
     if not _UNPATCHED:
-        yield
+        with without_memo():
+            yield
         return
     patched = nn.Module.register_parameter, nn.Module.register_buffer
     nn.Module.register_parameter, nn.Module.register_buffer = _UNPATCHED[0]  # type: ignore[method-assign]
     try:
-        yield
+        with without_memo():
+            yield
     finally:
         nn.Module.register_parameter, nn.Module.register_buffer = patched  # type: ignore[method-assign]
 
@@ -197,6 +201,44 @@ def _filled_init(value: float) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for initialiser in _INITIALISERS:
             stack.enter_context(mock.patch.object(nn.init, initialiser, fill))
+        yield
+
+
+#: The calibration image torchvision's ``quantize_model`` draws, whatever the model.
+_CALIBRATION = (1, 3, 299, 299)
+
+
+@contextlib.contextmanager
+def small_calibration(side: int) -> Iterator[None]:
+    """Within this context, torchvision's ``quantize=True`` builders calibrate on a ``side`` image.
+
+    They calibrate their observers on one random 299 x 299 image, a third of what converting
+    quantized_resnext101 costs. The image sets the observers' ranges, so the scales the layers
+    quantize with, and nothing else: which modules are converted, their state_dict keys and
+    shapes and their outputs' shapes are the same from any legal size (quantized
+    mobilenet_v3 converts without calibrating at all). ``side`` must be legal for the model.
+    Only the draw of that one image in torchvision's quantization utilities is changed; where a
+    torchvision has no such draw, the build is left as it is.
+    """
+    import types
+    from unittest import mock
+
+    from torchvision.models.quantization import utils
+
+    if getattr(utils, "torch", None) is not torch or not hasattr(utils, "quantize_model"):
+        yield
+        return
+
+    class Calibration(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            return getattr(torch, name)
+
+        def rand(self, *size: Any, **kwargs: Any) -> torch.Tensor:
+            if size == _CALIBRATION:
+                size = (*_CALIBRATION[:2], side, side)
+            return torch.rand(*size, **kwargs)
+
+    with mock.patch.object(utils, "torch", Calibration("torch")):
         yield
 
 

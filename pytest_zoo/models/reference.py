@@ -72,7 +72,9 @@ def state_shapes(model: nn.Module) -> Shapes:
         for name, buffer in module._buffers.items():
             if buffer is not None and name not in skipped:
                 shapes[prefix + name] = tuple(buffer.shape)
-        children = [(f"{prefix}{name}.", child) for name, child in module._modules.items() if child is not None]
+        children = [
+            (f"{prefix}{name}.", child) for name, child in module._modules.items() if child is not None
+        ]
         modules.extend(reversed(children))  # depth first, in state_dict's order
     return shapes
 
