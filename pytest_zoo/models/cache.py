@@ -315,9 +315,15 @@ def builder_oracle(name: str, kwargs: Mapping[str, Any] | None = None) -> HeadOr
     effective = building.builder_kwargs(name, **config)
     return active_cache().oracle(
         ("builder", name, repr(sorted(effective.items()))),
-        lambda n: building.build_model(name, num_classes=n, structural=True, **config),
+        lambda n: _shapes_only_build(name, n, config),
         group=name,
     )
+
+
+def _shapes_only_build(name: str, n: int, config: Mapping[str, Any]) -> nn.Module:
+    """torchvision's own builder, structurally and without its initialisers: only shapes are read."""
+    with building.skipped_init():
+        return building.build_model(name, num_classes=n, structural=True, **config)
 
 
 def reset_active_cache() -> CacheStats | None:
