@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..zoo.families import find_family
 
@@ -281,11 +281,42 @@ def tensor_names(model: nn.Module) -> dict[int, str]:
 
     The caller must keep ``model`` alive while the ids are in use, so that no id is reused.
     """
-    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    parameters, buffers = _named_tensors(model, remove_duplicate=False)
     names: dict[int, str] = {}
-    for name, tensor in named:
+    for name, tensor in [*parameters, *buffers]:
         names.setdefault(id(tensor), name)
     return names
+
+
+def _named_tensors(
+    model: nn.Module, *, remove_duplicate: bool = True
+) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, Tensor]]]:
+    """``list(named_parameters())`` and ``list(named_buffers())`` from one walk of the modules.
+
+    Each of those walks the whole tree again, and every swap of every example asks for both
+    (as :func:`tensor_names` and :func:`trace_swap` do); same names, order and deduplication.
+    """
+    parameters: list[tuple[str, nn.Parameter]] = []
+    buffers: list[tuple[str, Tensor]] = []
+    seen: tuple[set[int], set[int]] = (set(), set())
+    for path, module in model.named_modules(remove_duplicate=remove_duplicate):
+        prefix = f"{path}." if path else ""
+        for parameter_name, parameter in module._parameters.items():
+            if parameter is not None and _first(parameter, seen[0], remove_duplicate):
+                parameters.append((prefix + parameter_name, parameter))
+        for buffer_name, buffer in module._buffers.items():
+            if buffer is not None and _first(buffer, seen[1], remove_duplicate):
+                buffers.append((prefix + buffer_name, buffer))
+    return parameters, buffers
+
+
+def _first(tensor: Tensor, seen: set[int], remove_duplicate: bool) -> bool:
+    if not remove_duplicate:
+        return True
+    if id(tensor) in seen:
+        return False
+    seen.add(id(tensor))
+    return True
 
 
 def trace_swap(before: Mapping[int, str], swapped: nn.Module, shapes: Shapes | None = None) -> SwapTrace:
@@ -299,9 +330,9 @@ def trace_swap(before: Mapping[int, str], swapped: nn.Module, shapes: Shapes | N
     """
     kept: dict[str, str] = {}
     introduced: set[str] = set()
-    parameters = list(swapped.named_parameters())
+    parameters, buffers = _named_tensors(swapped)
     rebuilt = shapes is not None and bool(parameters) and not any(id(t) in before for _, t in parameters)
-    for name, tensor in [*parameters, *swapped.named_buffers()]:
+    for name, tensor in [*parameters, *buffers]:
         if id(tensor) in before:
             kept[name] = before[id(tensor)]
         elif rebuilt and shapes is not None and shapes.get(name) == tuple(tensor.shape):
