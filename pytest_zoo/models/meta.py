@@ -237,8 +237,9 @@ class _MemoisedMeta(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torc
         kind = _KINDS.get(func)
         if kind is None:
             kind = _KINDS[func] = _operator_kind(func)
-        if kind is _UNCACHED:
-            return func(*args, **kwargs)
+        device = kwargs.get("device")
+        if kind is _UNCACHED or (device is not None and device.type != "meta"):
+            return func(*args, **kwargs)  # a real tensor made on purpose is never recorded either
         try:
             key = (func, _key(args), _key(tuple(kwargs.items())) if kwargs else ())
         except _NotMemoisable:
