@@ -303,12 +303,13 @@ def meta_fast_paths() -> Iterator[None]:
     if any(isinstance(mode, _MemoisedMeta) for mode in _get_current_dispatch_mode_stack()):
         yield
         return
+    previous = F.batch_norm  # the shortcut already, inside a block that left the memo (without_memo)
     F.batch_norm = _shape_only_batch_norm
     try:
         with _MemoisedMeta():  # type: ignore[no-untyped-call]
             yield
     finally:
-        F.batch_norm = _batch_norm
+        F.batch_norm = previous
 
 
 @contextlib.contextmanager
