@@ -155,3 +155,45 @@ def test_nested_uses_push_one_mode_and_restore_batch_norm() -> None:
         assert F.batch_norm is meta._shape_only_batch_norm
     assert F.batch_norm is meta._batch_norm
     assert not _get_current_dispatch_mode_stack()
+
+
+def test_a_real_build_leaves_the_memo_and_gets_it_back() -> None:
+    def memo_modes() -> int:
+        return sum(isinstance(m, meta._MemoisedMeta) for m in _get_current_dispatch_mode_stack())
+
+    with building.structural_init():
+        with building.real_init():
+            assert memo_modes() == 0
+            with meta_fast_paths():  # a structural build inside the real one
+                assert memo_modes() == 1
+            assert F.batch_norm is meta._shape_only_batch_norm
+            real = nn.Linear(2, 3)
+        assert memo_modes() == 1 and F.batch_norm is meta._shape_only_batch_norm
+        structural = nn.Linear(2, 3)
+    assert not real.weight.is_meta and structural.weight.is_meta
+    assert F.batch_norm is meta._batch_norm and not _get_current_dispatch_mode_stack()
+
+
+def test_state_shapes_are_the_state_dicts_for_any_module() -> None:
+    from pytest_zoo.models.reference import state_shapes
+
+    class Extra(nn.Module):
+        def get_extra_state(self) -> torch.Tensor:
+            return torch.zeros(2)
+
+    model = building.build_model("resnet18", structural=True)
+    model.register_buffer("scratch", torch.zeros(3), persistent=False)
+    model.tied = model.fc  # the same parameters under two names
+    model.missing = None
+    model.fc.register_parameter("unused", None)
+    plain = state_shapes(model)
+    assert list(plain.items()) == [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    model.extra = Extra()
+
+    def drop_bias(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, local: object) -> None:
+        del state["fc.bias"]
+
+    model._register_state_dict_hook(drop_bias)
+    hooked = state_shapes(model)
+    assert list(hooked.items()) == [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert "fc.bias" not in hooked and "extra._extra_state" in hooked

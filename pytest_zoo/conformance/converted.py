@@ -7,7 +7,7 @@ builder is checked on the float model it returns with ``quantize=False``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ def converted_quantized_problems(
     comparable and not compared. Returns ``(head report, output report)``.
     """
     swapped = replace_head(model, n)
-    found = _packed_shapes(swapped)
+    found = _head_shapes(swapped, expected_head)
     head = OutputReport(found={k: found.get(k) for k in expected_head}, expected=dict(expected_head))
     swapped.eval()
     x = torch.rand(example.shape, generator=example.generator())
@@ -47,10 +47,33 @@ def converted_quantized_problems(
     return head, TaskIO().check(output, example, n, train=False)
 
 
-def _packed_shapes(model: nn.Module) -> dict[str, tuple[int, ...] | None]:
+def _head_shapes(model: nn.Module, keys: Iterable[str]) -> dict[str, tuple[int, ...] | None]:
+    """:func:`_packed_shapes` of the modules that hold ``keys``, not of the whole model.
+
+    A converted convolution unpacks its weights to say what its state_dict holds; the backbone's
+    are never compared, and unpacking them was a third of this check. Each key is looked up under
+    the deepest module of its path that exists (the whole model for a swap that renamed them).
+    """
+    owners: dict[str, nn.Module] = {}
+    for key in keys:
+        path = key.rpartition(".")[0]
+        while path and path not in owners:
+            try:
+                owners[path] = model.get_submodule(path)
+            except AttributeError:
+                path = path.rpartition(".")[0]
+        if not path:
+            return _packed_shapes(model)
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for path, owner in owners.items():
+        shapes.update(_packed_shapes(owner, prefix=f"{path}."))
+    return shapes
+
+
+def _packed_shapes(model: nn.Module, prefix: str = "") -> dict[str, tuple[int, ...] | None]:
     """``state_dict`` shapes, with a quantized Linear's packed ``(weight, bias)`` unpacked to float names."""
     shapes: dict[str, tuple[int, ...] | None] = {}
-    for key, value in model.state_dict().items():
+    for key, value in model.state_dict(prefix=prefix).items():
         if key.endswith("._packed_params._packed_params") and isinstance(value, tuple):
             owner = key[: -len("._packed_params._packed_params")]
             weight, bias = value

@@ -32,6 +32,7 @@ from . import task_io as tasks
 from .failures import ConformanceFailure, _expect, hook_origin, render
 from .hooks import _context, _fresh, _raises_as_failure, _swap, _swap_steps
 from .plan import _Plan, _Reference
+from .strategies import input_spec
 
 if TYPE_CHECKING:
     from .gate import Gate
@@ -225,13 +226,18 @@ def _expect_no_head(gate: Gate, name: str, model: nn.Module) -> None:
 def _converted(gate: Gate, name: str) -> nn.Module | None:
     """A ``quantized_*`` builder's converted model (``quantize=True``), built once per test, on CPU.
 
-    Conversion needs real values (it calibrates on one image), so it has no structural form.
+    Conversion needs real values (it calibrates on one image), so it has no structural form. Its
+    checks read shapes only, so its initial values are zeros rather than random draws, and it
+    calibrates on its smallest legal input rather than 299 x 299 pixels (see
+    :func:`~pytest_zoo.models.building.zero_init` and ``small_calibration``).
     """
     if not gate.builder_oracle:
         return None
     if not torch.backends.quantized.supported_engines:
         return None
-    return building.build_model(name, quantize=True, device="cpu")
+    side = max(converted.CONVERTED_MIN_SIZE, input_spec(name).min_size)  # its smallest legal input
+    with building.zero_init(), building.small_calibration(side):
+        return building.build_model(name, quantize=True, device="cpu")
 
 
 def _check_converted(gate: Gate, name: str, model: nn.Module, n: int, example: tasks.Example) -> None:

@@ -8,6 +8,7 @@ which fails on meta tensors but works here, because only registered state goes t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
@@ -19,7 +20,7 @@ from torch import nn
 
 from ..compat import default_device, set_fill_uninitialized_memory
 from ..zoo.families import find_family
-from .meta import meta_fast_paths
+from .meta import meta_fast_paths, without_memo
 
 __all__ = [
     "accepts",
@@ -27,10 +28,13 @@ __all__ = [
     "builder_kwargs",
     "poisoned_init",
     "real_init",
+    "skipped_init",
+    "small_calibration",
     "structural_init",
     "takes_num_classes",
     "uninitialised_as_nan",
     "uninitialised_copy",
+    "zero_init",
 ]
 
 
@@ -82,15 +86,18 @@ def real_init() -> Iterator[None]:
     """Suspend every active :func:`structural_init`: modules built here get real tensors.
 
     For the one build in a structural run that needs values on purpose (``build_model(name,
-    device="cpu")``, e.g. a quantized conversion that calibrates on an image).
+    device="cpu")``, e.g. a quantized conversion that calibrates on an image). The meta memo is
+    left too (:func:`~pytest_zoo.models.meta.without_memo`): real tensors get nothing from it.
     """
     if not _UNPATCHED:
-        yield
+        with without_memo():
+            yield
         return
     patched = nn.Module.register_parameter, nn.Module.register_buffer
     nn.Module.register_parameter, nn.Module.register_buffer = _UNPATCHED[0]  # type: ignore[method-assign]
     try:
-        yield
+        with without_memo():
+            yield
     finally:
         nn.Module.register_parameter, nn.Module.register_buffer = patched  # type: ignore[method-assign]
 
@@ -113,7 +120,17 @@ def uninitialised_copy(model: nn.Module, *, dtype: torch.dtype | None = None) ->
             if isinstance(tensor, nn.Parameter)
             else empty
         )
+    # Most of a module's state is empty hook tables, which deepcopy rebuilds the slow, generic way
+    # (``__reduce_ex__``): their copies are handed to it, two thirds of the copy's time.
+    for module in model.modules():
+        for value in vars(module).values():
+            if type(value) in _EMPTY_TABLES and not value:
+                memo.setdefault(id(value), type(value)())
     return copy.deepcopy(model, memo)
+
+
+#: The container types of a module's ``__dict__`` whose empty instances copy as new empty ones.
+_EMPTY_TABLES = frozenset({collections.OrderedDict, set})
 
 
 @contextlib.contextmanager
@@ -167,19 +184,87 @@ def poisoned_init() -> Iterator[None]:
     NaN instead of leaving memory as it is: a value the load did not overwrite stays NaN, so it
     cannot pass for a loaded one.
     """
-    from unittest import mock
-
-    with contextlib.ExitStack() as stack:
-        for initialiser in _INITIALISERS:
-            stack.enter_context(mock.patch.object(nn.init, initialiser, _poison))
+    with _filled_init(float("nan")):
         yield
 
 
-def _poison(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    if tensor.is_floating_point():
-        with torch.no_grad():
-            tensor.fill_(float("nan"))
-    return tensor
+@contextlib.contextmanager
+def zero_init() -> Iterator[None]:
+    """Within this context, ``torch.nn.init``'s initialisers fill floating tensors with zeros.
+
+    For a real build whose values are read but whose shapes alone are checked: a ``quantize=True``
+    build calibrates and converts, which NaN would not survive, and random draws for
+    quantized_resnext101's 88M weights were a quarter of the conversion's time.
+    """
+    with _filled_init(0.0):
+        yield
+
+
+@contextlib.contextmanager
+def skipped_init() -> Iterator[None]:
+    """Within this context, ``torch.nn.init``'s initialisers leave tensors as they are.
+
+    For a structural build only ever asked for shapes (the builder oracle's probes, torchvision's
+    own code): on meta tensors an initialiser changes nothing, yet each still costs its Python and
+    a dispatch through the meta memo, a fifth of such a build.
+    """
+    with _filled_init(None):
+        yield
+
+
+@contextlib.contextmanager
+def _filled_init(value: float | None) -> Iterator[None]:
+    """The initialisers fill floating tensors with ``value``; ``None``: they do nothing."""
+    from unittest import mock
+
+    def fill(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if value is not None and tensor.is_floating_point():
+            with torch.no_grad():
+                tensor.fill_(value)
+        return tensor
+
+    with contextlib.ExitStack() as stack:
+        for initialiser in _INITIALISERS:
+            stack.enter_context(mock.patch.object(nn.init, initialiser, fill))
+        yield
+
+
+#: The calibration image torchvision's ``quantize_model`` draws, whatever the model.
+_CALIBRATION = (1, 3, 299, 299)
+
+
+@contextlib.contextmanager
+def small_calibration(side: int) -> Iterator[None]:
+    """Within this context, torchvision's ``quantize=True`` builders calibrate on a ``side`` image.
+
+    They calibrate their observers on one random 299 x 299 image, a third of what converting
+    quantized_resnext101 costs. The image sets the observers' ranges, so the scales the layers
+    quantize with, and nothing else: which modules are converted, their state_dict keys and
+    shapes and their outputs' shapes are the same from any legal size (quantized
+    mobilenet_v3 converts without calibrating at all). ``side`` must be legal for the model.
+    Only the draw of that one image in torchvision's quantization utilities is changed; where a
+    torchvision has no such draw, the build is left as it is.
+    """
+    import types
+    from unittest import mock
+
+    from torchvision.models.quantization import utils
+
+    if getattr(utils, "torch", None) is not torch or not hasattr(utils, "quantize_model"):
+        yield
+        return
+
+    class Calibration(types.ModuleType):
+        def __getattr__(self, name: str) -> Any:
+            return getattr(torch, name)
+
+        def rand(self, *size: Any, **kwargs: Any) -> torch.Tensor:
+            if size == _CALIBRATION:
+                size = (*_CALIBRATION[:2], side, side)
+            return torch.rand(*size, **kwargs)
+
+    with mock.patch.object(utils, "torch", Calibration("torch")):
+        yield
 
 
 def builder_kwargs(name: str, **overrides: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..zoo.families import find_family
 
@@ -52,8 +52,43 @@ PROBE = 3
 
 
 def state_shapes(model: nn.Module) -> Shapes:
-    """``state_dict`` shapes: what a checkpoint of ``model`` holds."""
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    """``state_dict`` shapes: what a checkpoint of ``model`` holds.
+
+    Read from the modules' own tables where ``state_dict`` would do nothing else with them: it
+    detaches every tensor, one operator call each, and every check asks for these shapes after
+    every swap (a tenth of a structural sweep went there). A module that customises its saving
+    (hooks, ``_save_to_state_dict``, extra state: quantized layers, user code) gets the real thing.
+    """
+    shapes: Shapes = {}
+    modules: list[tuple[str, nn.Module]] = [("", model)]
+    while modules:
+        prefix, module = modules.pop()
+        if not _plain_state(module):
+            return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+        for name, parameter in module._parameters.items():
+            if parameter is not None:
+                shapes[prefix + name] = tuple(parameter.shape)
+        skipped = module._non_persistent_buffers_set
+        for name, buffer in module._buffers.items():
+            if buffer is not None and name not in skipped:
+                shapes[prefix + name] = tuple(buffer.shape)
+        children = [
+            (f"{prefix}{name}.", child) for name, child in module._modules.items() if child is not None
+        ]
+        modules.extend(reversed(children))  # depth first, in state_dict's order
+    return shapes
+
+
+def _plain_state(module: nn.Module) -> bool:
+    """Whether ``module.state_dict`` only lists its parameters and persistent buffers, then its children's."""
+    cls = type(module)
+    return (
+        cls.state_dict is nn.Module.state_dict
+        and cls._save_to_state_dict is nn.Module._save_to_state_dict
+        and cls.get_extra_state is nn.Module.get_extra_state
+        and not module._state_dict_hooks
+        and not getattr(module, "_state_dict_pre_hooks", None)
+    )
 
 
 def parameter_shapes(model: nn.Module) -> Shapes:
@@ -246,11 +281,42 @@ def tensor_names(model: nn.Module) -> dict[int, str]:
 
     The caller must keep ``model`` alive while the ids are in use, so that no id is reused.
     """
-    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    parameters, buffers = _named_tensors(model, remove_duplicate=False)
     names: dict[int, str] = {}
-    for name, tensor in named:
+    for name, tensor in [*parameters, *buffers]:
         names.setdefault(id(tensor), name)
     return names
+
+
+def _named_tensors(
+    model: nn.Module, *, remove_duplicate: bool = True
+) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, Tensor]]]:
+    """``list(named_parameters())`` and ``list(named_buffers())`` from one walk of the modules.
+
+    Each of those walks the whole tree again, and every swap of every example asks for both
+    (as :func:`tensor_names` and :func:`trace_swap` do); same names, order and deduplication.
+    """
+    parameters: list[tuple[str, nn.Parameter]] = []
+    buffers: list[tuple[str, Tensor]] = []
+    seen: tuple[set[int], set[int]] = (set(), set())
+    for path, module in model.named_modules(remove_duplicate=remove_duplicate):
+        prefix = f"{path}." if path else ""
+        for parameter_name, parameter in module._parameters.items():
+            if parameter is not None and _first(parameter, seen[0], remove_duplicate):
+                parameters.append((prefix + parameter_name, parameter))
+        for buffer_name, buffer in module._buffers.items():
+            if buffer is not None and _first(buffer, seen[1], remove_duplicate):
+                buffers.append((prefix + buffer_name, buffer))
+    return parameters, buffers
+
+
+def _first(tensor: Tensor, seen: set[int], remove_duplicate: bool) -> bool:
+    if not remove_duplicate:
+        return True
+    if id(tensor) in seen:
+        return False
+    seen.add(id(tensor))
+    return True
 
 
 def trace_swap(before: Mapping[int, str], swapped: nn.Module, shapes: Shapes | None = None) -> SwapTrace:
@@ -264,9 +330,9 @@ def trace_swap(before: Mapping[int, str], swapped: nn.Module, shapes: Shapes | N
     """
     kept: dict[str, str] = {}
     introduced: set[str] = set()
-    parameters = list(swapped.named_parameters())
+    parameters, buffers = _named_tensors(swapped)
     rebuilt = shapes is not None and bool(parameters) and not any(id(t) in before for _, t in parameters)
-    for name, tensor in [*parameters, *swapped.named_buffers()]:
+    for name, tensor in [*parameters, *buffers]:
         if id(tensor) in before:
             kept[name] = before[id(tensor)]
         elif rebuilt and shapes is not None and shapes.get(name) == tuple(tensor.shape):

@@ -20,7 +20,9 @@ Around each zoo test, from the start of setup to the end of teardown:
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
+import tempfile
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,10 +130,27 @@ class ZooReliability:
         self.checkpoints = tuple(checkpoints)
         #: Serves torchvision's checkpoints to every zoo test, from one temporary hub directory.
         self.server: PretrainedServer | None = None
+        #: Where each zoo test's private ``TORCH_HOME`` is made (see :meth:`_private_home`).
+        self.homes: Path | None = None
+        self.tests = 0
+
+    def _private_home(self) -> Path:
+        """A ``TORCH_HOME`` path of its own for one zoo test, made only when something writes there.
+
+        Not a directory made and deleted around every test: on some file systems that pair was
+        milliseconds, more than a structural check of a small model. torch makes the directories
+        it writes into; what a test left is deleted after it, and the parent at the session's end.
+        """
+        if self.homes is None:
+            self.homes = Path(tempfile.mkdtemp(prefix="pytest-zoo-torch-home-"))
+        self.tests += 1
+        return self.homes / f"test-{self.tests}"
 
     def pytest_unconfigure(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.homes is not None:
+            shutil.rmtree(self.homes, ignore_errors=True)
 
     def _convert(self, exc: BaseException, model: str, phase: str) -> BaseException | None:
         """The exception to raise instead of ``exc`` (``None``: re-raise ``exc`` as it is)."""
@@ -184,8 +203,10 @@ class ZooReliability:
 
             snapshot = capture()
             stack = contextlib.ExitStack()
+            home = self._private_home()
+            stack.callback(shutil.rmtree, home, ignore_errors=True)
             # Loopback stays open: a local server a user's fixture runs is not "the network".
-            guard = stack.enter_context(network_guard(allow_loopback=True))
+            guard = stack.enter_context(network_guard(torch_home=home, allow_loopback=True))
             from ..weights.serving import PretrainedServer
 
             # torchvision's weights are served (fabricated, or the user's files); the rest is blocked.
