@@ -216,7 +216,9 @@ def test_the_scheduler_never_starts_two_models_beyond_the_memory_budget_side_by_
     ids = [f"pytest-zoo::TestZoo::test_{check}[{model}]" for model in models for check in ("x", "y", "z")]
     groups = {nodeid: nodeid.rpartition("[")[2].rstrip("]") for nodeid in ids}
     (tmp_path / "gw0.json").write_text(json.dumps({"groups": groups, "megabytes": models}))
-    scheduler = make_scheduler(pytester.parseconfig("-p", "xdist", "--dist=load", "--tx=2*popen"), None, tmp_path)
+    scheduler = make_scheduler(
+        pytester.parseconfig("-p", "xdist", "--dist=load", "--tx=2*popen"), None, tmp_path
+    )
     first, second = _Node("gw0"), _Node("gw1")
     for node in (first, second):
         scheduler.add_node(node)
