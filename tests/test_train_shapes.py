@@ -95,3 +95,17 @@ def test_forward_shape_alone_checks_train_mode_itself(pytester: pytest.Pytester)
     result = run(pytester, "-k", "TestBoth and forward_shape")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([TRAIN_SHAPE, "*inputs:*train mode*", "*defect:*auxiliary output 'aux'*"])
+
+
+@pytest.mark.parametrize("dist", ["load", "loadscope", "worksteal"])
+def test_under_xdist_the_gradient_check_reports_it_where_a_model_stays_on_one_worker(
+    pytester: pytest.Pytester, dist: str
+) -> None:
+    """A worker's own config says ``dist="no"``: the mode it runs under comes from the controller."""
+    pytest.importorskip("xdist")
+    result = run(pytester, "-k", "TestBoth and (forward_shape or gradients)", "-n", "2", f"--dist={dist}")
+    if dist == "worksteal":  # a model's tests may be stolen to another worker: each checks it all
+        result.assert_outcomes(failed=2)
+        return
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*PASSED*TestBoth::test_forward_shape[[]auxnet[]]*"])

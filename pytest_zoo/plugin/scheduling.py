@@ -167,8 +167,9 @@ def _running_here(
     """``(gate class, model, test function)`` of each zoo test this process surely runs: none on an
     xdist worker whose scheduler may send a model's tests elsewhere (``worksteal``, ``loadgroup``,
     ``load`` without :class:`ZooModelScheduling`)."""
-    if hasattr(config, "workerinput"):
-        dist = config.getvalue("dist")
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        dist = workerinput.get("zoo_dist")
         if not (dist in ("loadscope", "loadfile", "each") or (dist == "load" and groups_dir is not None)):
             return []
     return [
@@ -225,6 +226,8 @@ class ZooScheduling:
     def pytest_configure_node(self, node: Any) -> None:
         if self.groups_dir is not None:
             node.workerinput["zoo_groups"] = str(self.groups_dir)
+        # a worker's own config says dist="no": only the controller knows how tests are handed out
+        node.workerinput["zoo_dist"] = self.config.getvalue("dist")
 
     @pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own LoadScheduling
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
