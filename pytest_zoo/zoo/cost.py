@@ -170,6 +170,9 @@ MODEL_MEMORY_BUDGET_MB = 5632.0
 #: second set (the full backward's gradients, a loaded checkpoint's mapped pages). Measured on the
 #: largest builders: 6.7 to 8 bytes per parameter over the worker's own memory.
 _BYTES_PER_PARAMETER = 8
+#: ... and per GFLOP of one forward at the kit's geometry: the activations a backward keeps
+#: (mvit_v2_s, 64 GFLOPs at 16 frames of 224 px: 2 GB beyond its weights; s3d: 1.1 GB for 25).
+_MEGABYTES_PER_GFLOP = 40
 
 
 def model_megabytes(model: str) -> float:
@@ -178,4 +181,6 @@ def model_megabytes(model: str) -> float:
     Unknown means a model of the user's own: nothing is known to hold it back, so nothing does.
     """
     found = footprint(model)
-    return 0.0 if found is None else found.mparams * _BYTES_PER_PARAMETER
+    if found is None:
+        return 0.0
+    return found.mparams * _BYTES_PER_PARAMETER + found.gflops * _MEGABYTES_PER_GFLOP
