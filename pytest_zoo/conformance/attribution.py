@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..models.cache import fingerprint
-from .training import named_leaves
+from .reports import named_leaves
 
 __all__ = [
     "Call",

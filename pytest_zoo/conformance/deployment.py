@@ -33,8 +33,8 @@ from .equivalence import (
     exact_arithmetic,
     precision_forward,
 )
+from .reports import CheckReport, Inputs, call_model, describe_error, needs_values
 from .round_trip import state_dict_round_trip
-from .training import CheckReport, Inputs, call_model, describe_error, needs_values
 
 __all__ = [
     "BATCH_ATOL",

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .attribution import tolerance_scale, within_tolerance
-from .training import (
+from .reports import (
     CheckReport,
     Inputs,
     call_model,

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..compat import mappable, save_unchecked
 from .equivalence import compare_outputs, exact_arithmetic
-from .training import CheckReport, Inputs, call_model, describe_error, listed, model_device, needs_values
+from .reports import CheckReport, Inputs, call_model, describe_error, listed, model_device, needs_values
 
 __all__ = ["WRAPPERS", "state_dict_round_trip", "wrapper_prefix"]
 

@@ -20,20 +20,31 @@ On the meta device nothing has values: every check returns a report whose ``skip
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import nn
 
 from ..models.cache import fingerprint
+from .reports import (
+    CheckReport,
+    Inputs,
+    Score,
+    call_model,
+    describe_error,
+    listed,
+    model_device,
+    named_leaves,
+    needs_values,
+    nonfinite,
+)
 
 __all__ = [
     "CheckReport",
     "Inputs",
     "Score",
     "declared_without_grad",
+    "finite_leaves",
     "finite_outputs",
     "full_backward",
     "model_device",
@@ -43,113 +54,7 @@ __all__ = [
     "training_step",
 ]
 
-#: Positional and keyword arguments of one ``model(*args, **kwargs)`` call: what ``TaskIO.inputs`` returns.
-Inputs = tuple[tuple[Any, ...], dict[str, Any]]
-#: Turns a model output into the scalar to backpropagate (``TaskIO.score``, or a real loss).
-Score = Callable[[object], torch.Tensor]
-
 _NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """The verdict of one value check.
-
-    ``problems`` are complete sentences naming what is wrong (empty when it passed); ``expected``
-    and ``found`` are small comparable summaries for the failure layout; ``details`` are extra
-    lines (e.g. the largest differences). ``skipped`` is set, and nothing was run, when the check
-    cannot run here (the meta device has no values): the caller turns it into ``pytest.skip``.
-    """
-
-    check: str
-    problems: tuple[str, ...] = ()
-    expected: Mapping[str, object] = field(default_factory=dict)
-    found: Mapping[str, object] = field(default_factory=dict)
-    details: tuple[str, ...] = ()
-    skipped: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.skipped is None and not self.problems
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model without any)."""
-    for tensor in [*model.parameters(), *model.buffers()]:
-        return tensor.device
-    return torch.device("cpu")
-
-
-def needs_values(
-    check: str, model: nn.Module, device: torch.device | str | None = None
-) -> CheckReport | None:
-    """A skipped report when ``model`` (or ``device``) is on the meta device, else ``None``."""
-    kind = torch.device(device).type if device is not None else model_device(model).type
-    if kind == "meta" or any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-        return CheckReport(
-            check,
-            skipped=(
-                f"{check} needs tensor values, which --zoo-device=meta does not have; "
-                "structural mode checks shapes only, run it with --zoo-device=cpu"
-            ),
-        )
-    return None
-
-
-def named_leaves(output: object, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor in a model output, by path: ``output``, ``aux1``, ``out``, ``[0].boxes``, ``[1]``.
-
-    Named tuples (``GoogLeNetOutputs``) give their field names, dicts their keys, lists and plain
-    tuples their indices; anything else (``None``, numbers) holds no tensor.
-    """
-    if isinstance(output, torch.Tensor):
-        return {prefix or "output": output}
-    leaves: dict[str, torch.Tensor] = {}
-    if isinstance(output, tuple) and hasattr(output, "_asdict"):
-        items: Iterable[tuple[str, object]] = ((f".{k}", v) for k, v in output._asdict().items())
-    elif isinstance(output, Mapping):
-        items = ((f".{k}", v) for k, v in output.items())
-    elif isinstance(output, list | tuple):
-        items = ((f"[{i}]", v) for i, v in enumerate(output))
-    else:
-        return leaves
-    for suffix, value in items:
-        path = f"{prefix}{suffix}"
-        leaves.update(named_leaves(value, path.lstrip(".")))
-    return leaves
-
-
-def nonfinite(tensor: torch.Tensor) -> str | None:
-    """``"3 NaN, 1 inf of 40 values"`` for a floating tensor with non-finite values, else ``None``."""
-    if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
-        return None
-    values = tensor.detach()
-    # One reduction decides the common case: NaN and inf propagate through a sum, so a finite sum
-    # means finite values (a sum that overflows is counted exactly below, like a non-finite one).
-    if torch.isfinite(values.sum()):
-        return None
-    nan = int(torch.isnan(values).sum())
-    inf = int(torch.isinf(values).sum())
-    if not nan and not inf:
-        return None
-    return f"{nan:,} NaN, {inf:,} inf of {values.numel():,} values"
-
-
-def listed(names: Iterable[str], noun: str = "", limit: int = 5) -> str:
-    """``"20 layers (bn1, layer1.0.bn1, ...)"``: a count, what they are, the first few names."""
-    ordered = sorted(names)
-    shown = ", ".join(ordered[:limit]) + (", ..." if len(ordered) > limit else "")
-    return f"{len(ordered)} {noun} ({shown})" if noun else f"{len(ordered)} ({shown})"
-
-
-def describe_error(step: str, error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{step} raised {type(error).__name__}: {text[0][:300] if text else ''}"
-
-
-def call_model(model: nn.Module, inputs: Inputs) -> object:
-    args, kwargs = inputs
-    return model(*args, **kwargs)
 
 
 def finite_outputs(
@@ -172,6 +77,11 @@ def finite_outputs(
             output = call_model(model, inputs)
     except Exception as error:
         return CheckReport(check, problems=(describe_error(f"the {mode}-mode forward", error),))
+    return finite_leaves(output, mode, check)
+
+
+def finite_leaves(output: object, mode: str, check: str = "finite outputs") -> CheckReport:
+    """:func:`finite_outputs`'s verdict on an output some forward already gave."""
     leaves = named_leaves(output)
     bad = {name: text for name, tensor in leaves.items() if (text := nonfinite(tensor)) is not None}
     problems = tuple(f"{mode}-mode output '{name}' is not finite: {text}" for name, text in bad.items())
@@ -241,6 +151,7 @@ def full_backward(
     *,
     declared_without_grad: Mapping[str, str] | None = None,
     check: str = "full backward",
+    judge_outputs: bool = False,
 ) -> CheckReport:
     """With every parameter trainable, one train-mode backward gives each a finite ``.grad``.
 
@@ -248,7 +159,8 @@ def full_backward(
     ``declared_without_grad`` maps parameter names an architecture never uses in this forward to
     the reason; they must get no gradient, and a declared one that does get one is reported as a
     stale declaration. The model is left with ``requires_grad=True`` everywhere and its ``.grad``
-    set: the caller's model cache rebuilds or restores it.
+    set: the caller's model cache rebuilds or restores it. ``judge_outputs`` first judges the
+    train-mode outputs as :func:`finite_outputs` would, on this forward instead of one more.
     """
     skipped = needs_values(check, model)
     if skipped is not None:
@@ -259,7 +171,11 @@ def full_backward(
         parameter.grad = None
     model.train()
     try:
-        loss = score(call_model(model, inputs))
+        output = call_model(model, inputs)
+        outputs = finite_leaves(output, "train") if judge_outputs else None
+        if outputs is not None and not outputs.ok:
+            return outputs
+        loss = score(output)
         loss.backward()  # type: ignore[no-untyped-call]
     except Exception as error:
         return CheckReport(check, problems=(describe_error("the train-mode forward and backward", error),))

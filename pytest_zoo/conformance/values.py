@@ -186,19 +186,19 @@ def training_step(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.d
 
 
 def finite_outputs_and_backward(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device) -> None:
-
     def run(p: _Prepared) -> training.CheckReport:
         report = training.nonfinite_state(p.model)
         if not report.ok:
             return report
-        for train in (False, True):
-            inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=train)
-            report = training.finite_outputs(p.model, inputs, train=train)
-            if not report.ok:
-                return report
+        inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
+        report = training.finite_outputs(p.model, inputs, train=False)
+        if not report.ok:
+            return report
         inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=True)
         declared = training.declared_without_grad(p.name)
-        return training.full_backward(p.model, inputs, p.io.score, declared_without_grad=declared)
+        return training.full_backward(  # the train-mode outputs are judged on the backward's forward
+            p.model, inputs, p.io.score, declared_without_grad=declared, judge_outputs=True
+        )
 
     _value_check(
         gate,
