@@ -107,26 +107,19 @@ def state_dict_round_trip(
         try:
             with exact_arithmetic():
                 reference = call_model(model, inputs)
-                problems, details = compare_outputs(
-                    reference,
-                    call_model(fresh.eval(), inputs),
-                    atol=atol,
-                    rtol=rtol,
-                    what="the reloaded model",
-                )
+
+                def compare(reloaded: nn.Module) -> tuple[list[str], list[str]]:
+                    output = call_model(reloaded.eval(), inputs)
+                    return compare_outputs(reference, output, atol=atol, rtol=rtol, what="the reloaded model")
+
+                problems, details = compare(fresh)
                 if problems and mapped:
                     del fresh
                     fresh = fresh_model()
                     # read anew: after an assign=True load, copying loads of it replace parameters
                     saved = torch.load(path, weights_only=True, mmap=True)
                     fresh.load_state_dict(saved, strict=True)
-                    problems, details = compare_outputs(
-                        reference,
-                        call_model(fresh.eval(), inputs),
-                        atol=atol,
-                        rtol=rtol,
-                        what="the reloaded model",
-                    )
+                    problems, details = compare(fresh)
         except Exception as error:
             return CheckReport(check, problems=(describe_error("the eval forward", error),))
     if problems:
