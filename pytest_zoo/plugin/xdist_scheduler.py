@@ -59,8 +59,9 @@ def make_scheduler(config: pytest.Config, log: Any, groups_dir: Path) -> Any:
             """The first scope in line whose model fits beside what the other workers hold.
 
             Largest first would otherwise start the two largest models side by side (regnet_y_128gf
-            and vit_h_14: 11.6 GB). Nothing fits when only large models are left while one runs: the
-            node then waits, and :meth:`mark_test_complete` offers it work again as tests finish.
+            and vit_h_14: 11.6 GB). When nothing in line fits, the one that needs least goes: a
+            node is never left waiting, because an xdist worker runs its last test only once it
+            has more work (or is shut down), so a withheld scope stalls both workers.
             """
             held = sum(
                 self._scope_megabytes(scope)
@@ -69,18 +70,10 @@ def make_scheduler(config: pytest.Config, log: Any, groups_dir: Path) -> Any:
                 for scope, done in work.items()
                 if not all(done.values())
             )
-            for scope in self.workqueue:
-                needed = self._scope_megabytes(scope)
-                if not held or needed + held <= MODEL_MEMORY_BUDGET_MB:
-                    self.workqueue.move_to_end(scope, last=False)
-                    super()._assign_work_unit(node)
-                    return
-
-        def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
-            super().mark_test_complete(node, item_index, duration)
-            for other in self.nodes:  # a node that waited for memory may fit what is in line now
-                if other is not node and not self._pending_of(self.assigned_work.get(other, {})):
-                    self._reschedule(other)
+            fitting = (s for s in self.workqueue if self._scope_megabytes(s) + held <= MODEL_MEMORY_BUDGET_MB)
+            chosen = next(fitting, None) or min(self.workqueue, key=self._scope_megabytes)
+            self.workqueue.move_to_end(chosen, last=False)
+            super()._assign_work_unit(node)
 
         def _split_scope(self, nodeid: str) -> str:
             model = self._model(nodeid)

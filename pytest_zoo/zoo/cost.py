@@ -172,7 +172,7 @@ MODEL_MEMORY_BUDGET_MB = 5632.0
 _BYTES_PER_PARAMETER = 8
 #: ... and per GFLOP of one forward at the kit's geometry: the activations a backward keeps
 #: (mvit_v2_s, 64 GFLOPs at 16 frames of 224 px: 2 GB beyond its weights; s3d: 1.1 GB for 25).
-_MEGABYTES_PER_GFLOP = 40
+_MEGABYTES_PER_GFLOP = 32
 
 
 def model_megabytes(model: str) -> float:
