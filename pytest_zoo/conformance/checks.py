@@ -166,20 +166,20 @@ class ZooConformance:
         ``builder(num_classes=n)`` and a refuted one fails the check; every check that uses an
         inferred head emits a :class:`~pytest_zoo.inference.HeadInferredWarning`.
         """
-        cls = type(self)
-        if cls.replace_head is not ZooConformance.replace_head and cls.freeze_backbone is not (
-            ZooConformance.freeze_backbone
-        ):
-            return
-        oracle.adopt_head(self, name, model)
+        if self._kit_default("replace_head") or self._kit_default("freeze_backbone"):
+            oracle.adopt_head(self, name, model)
+
+    def _kit_default(self, attribute: str) -> bool:
+        """Whether ``attribute`` is the kit's own: what it knows of its defaults holds for them alone."""
+        return bool(getattr(type(self), attribute) is getattr(ZooConformance, attribute))
 
     def _train_shapes_checked_elsewhere(self, name: str, device: torch.device) -> bool:
-        own = type(self).test_gradients_reach_head_only is ZooConformance.test_gradients_reach_head_only
+        own = self._kit_default("test_gradients_reach_head_only")
         return own and structural.gradient_check_runs(type(self), name, device)
 
     def _spec(self, name: str, model: nn.Module) -> InputSpec:
         """The ``input_spec`` hook's geometry; the default one follows the model as built."""
-        if type(self).input_spec is ZooConformance.input_spec:
+        if self._kit_default("input_spec"):
             return strategies.input_spec(name, model)
         return self.input_spec(name)
 

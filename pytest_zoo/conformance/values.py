@@ -363,8 +363,7 @@ def default_weights_metadata(gate: ZooConformance, zoo_model_name: str) -> None:
     categories = meta.get("categories")
     # The default hook's model is the builder's default, and a structural run (--zoo-device=meta)
     # has it cached on the meta device already; a gate with a hook of its own builds something else.
-    kit: Any = next(c for c in reversed(type(gate).__mro__) if "test_default_weights_metadata" in vars(c))
-    own = type(gate).build_model is not kit.build_model
+    own = not gate._kit_default("build_model")
     built = building.build_model(name, structural=True) if own else gate._model(name, torch.device("meta"))
     classes = _class_count(built)
     where = f"{name}: {type(weights).__name__}.{weights.name}.meta"
