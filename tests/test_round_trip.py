@@ -4,9 +4,16 @@ never changes a verdict: what users' copy-loading accepts passes, what it reject
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
+from pytest_zoo import atomic
+from pytest_zoo.conformance import round_trip
 from pytest_zoo.deployment import state_dict_round_trip
 
 INPUTS = ((torch.randn(2, 8),), {})
@@ -52,3 +59,30 @@ def test_state_outside_the_state_dict_still_fails() -> None:
     report = state_dict_round_trip(ListHead(), ListHead, INPUTS)
     assert not report.ok
     assert any("a head kept in a plain list" in problem for problem in report.problems), report.problems
+
+
+def test_scratch_goes_to_memory_only_with_room(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    temp = Path(tempfile.gettempdir())
+    monkeypatch.setattr(atomic, "MEMORY_BACKED", tmp_path / "absent")
+    assert atomic.scratch_dir(1) == temp
+    monkeypatch.setattr(atomic, "MEMORY_BACKED", tmp_path)
+    stats = os.statvfs(tmp_path)
+    assert atomic.scratch_dir(stats.f_bavail * stats.f_frsize) == temp  # room for it once, not twice
+    if Path("/proc/meminfo").is_file():
+        assert atomic.scratch_dir(1) == tmp_path
+
+
+def test_the_round_trip_file_is_scratch_and_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(round_trip, "scratch_dir", lambda nbytes: tmp_path)
+    written: list[Path] = []
+    save = round_trip.save_unchecked
+
+    def recording(obj: object, f: str | os.PathLike[str]) -> None:
+        written.append(Path(f))
+        save(obj, f)
+
+    monkeypatch.setattr(round_trip, "save_unchecked", recording)
+    torch.manual_seed(0)
+    assert state_dict_round_trip(AliasedHead(), AliasedHead, INPUTS).ok
+    assert [path.parent.parent for path in written] == [tmp_path]
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import scratch_dir
 from ..compat import mappable, save_unchecked
 from .equivalence import compare_outputs, exact_arithmetic
 from .reports import CheckReport, Inputs, call_model, describe_error, listed, model_device, needs_values
@@ -73,9 +74,13 @@ def state_dict_round_trip(
             torch.manual_seed(seed)
             return build_fresh().to(device)
 
-    with tempfile.TemporaryDirectory(prefix="pytest-zoo-round-trip-", ignore_cleanup_errors=True) as tmp:
+    state = model.state_dict()
+    size = sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+    with tempfile.TemporaryDirectory(
+        prefix="pytest-zoo-round-trip-", dir=scratch_dir(size), ignore_cleanup_errors=True
+    ) as tmp:
         path = mappable(Path(tmp) / "state_dict.pt")
-        save_unchecked(model.state_dict(), path)
+        save_unchecked(state, path)
         saved = torch.load(path, weights_only=True, mmap=mapped, map_location=None if mapped else device)
         fresh = fresh_model()
         saved_keys, fresh_keys = set(saved), set(fresh.state_dict())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from ..atomic import scratch_dir
 from ..models.meta import require_values
 from .cases import MetadataMismatch, WeightsCase, declared_exception, resolve_weights_id
 from .checks import (
@@ -116,7 +118,16 @@ class WeightsConformance:
 
         self._run(zoo_weights, "transforms", lambda _: check())
 
-    def test_load_pretrained(self, zoo_weights: str, tmp_path: Path, zoo_device: torch.device) -> None:
+    def test_load_pretrained(self, zoo_weights: str, zoo_device: torch.device) -> None:
         """builder(weights=W) loads a fabricated checkpoint offline; then head swap and freeze work."""
         require_values(zoo_device, "loading a checkpoint and comparing what was read")
-        self._run(zoo_weights, "load_pretrained", lambda case: check_loading(case, tmp_path, 7))
+
+        def check(case: WeightsCase) -> str:
+            # The checkpoint is written, read once and deleted: scratch storage, not pytest's tmp_path.
+            size = 4 * int(case.meta.get("num_params", 0))
+            with tempfile.TemporaryDirectory(
+                prefix="pytest-zoo-load-", dir=scratch_dir(size), ignore_cleanup_errors=True
+            ) as home:
+                return check_loading(case, Path(home), 7)
+
+        self._run(zoo_weights, "load_pretrained", check)
