@@ -98,6 +98,53 @@ def test_one_build_per_key_and_the_previous_model_is_freed_before_the_next() -> 
     assert (cache.stats.builds, cache.stats.hits, cache.stats.releases) == (2, 1, 1)
 
 
+def test_a_model_that_a_reference_cycle_keeps_is_freed_by_a_young_collection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    collected: list[int] = []
+    collect = gc.collect
+    monkeypatch.setattr(
+        gc, "collect", lambda generation=2: collected.append(generation) or collect(generation)
+    )
+    cache = ModelCache()
+    model = cache.get("a", lambda: nn.Linear(30, 30), group="a")
+    cycle: list[object] = [model]
+    cycle.append(cycle)  # as a failed or skipped test's traceback keeps its frame's locals
+    alive = weakref.ref(model)
+    del model, cycle
+    cache.release()
+    assert alive() is None
+    assert collected == [1], "a full collection (a quarter of a second with torch loaded) was not needed"
+
+
+def test_a_given_check_lets_go_of_the_model_it_closed_over() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from pytest_zoo.conformance.hooks import run_examples
+
+    alive: list[weakref.ref[nn.Module]] = []
+
+    def a_check() -> None:
+        model = nn.Linear(3, 2)
+        alive.append(weakref.ref(model))
+
+        @settings(max_examples=2, database=None)
+        @given(n=st.integers(1, 3))
+        def check(n: int) -> None:
+            assert model(torch.zeros(n, 3)).shape == (n, 2)
+
+        run_examples(check)
+
+    gc.collect()
+    gc.disable()  # Hypothesis' wrapper is a reference cycle: only the emptied closure frees the model
+    try:
+        a_check()
+        assert alive[0]() is None
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize("name", ["vit_b_32", "squeezenet1_1", "googlenet"])
 def test_head_oracle_matches_the_builder_at_every_class_count(name: str) -> None:
     def real(n: int) -> dict[str, tuple[int, ...]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -14,6 +14,24 @@ from .failures import ConformanceFailure, FailureContext, exception_defects, hoo
 
 if TYPE_CHECKING:
     from .gate import Gate
+
+
+def run_examples(check: Callable[[], None]) -> None:
+    """Run a check's ``@given`` examples, then let go of what its test function closed over.
+
+    Hypothesis' wrapper and its handle form a reference cycle, so whatever the test function
+    closes over (the session's build of the model, model-sized) outlived the test until the next
+    full garbage collection: a quarter of a second or more with torch loaded, paid when the cache
+    released the model. The examples have run, so the cells are emptied (``check()`` is the last
+    statement of every check).
+    """
+    try:
+        check()
+    finally:
+        inner = getattr(getattr(check, "hypothesis", None), "inner_test", None)
+        for cell in getattr(inner, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                del cell.cell_contents
 
 
 def _fresh(gate: Gate, model: nn.Module) -> nn.Module:

@@ -34,7 +34,7 @@ from .defects import (
     expect_output_shapes,
 )
 from .failures import ConformanceFailure, FailureContext, _expect, parameter_groups, render, shape_defects
-from .hooks import _context, _freeze, _fresh, _hooked, _raises_as_failure, _swap, _swap_steps
+from .hooks import _context, _freeze, _fresh, _hooked, _raises_as_failure, _swap, _swap_steps, run_examples
 from .oracle import (
     _aux_heads,
     _check_converted,
@@ -122,7 +122,7 @@ def head_matches_builder(
                 group=name,
             )
 
-    check()
+    run_examples(check)
 
 
 def forward_shape(
@@ -166,7 +166,7 @@ def forward_shape(
         if converted is not None:
             _check_converted(gate, name, converted, n, eval_example)
 
-    check()
+    run_examples(check)
 
 
 def freeze_counts(
@@ -248,7 +248,7 @@ def freeze_counts(
             ),
         )
 
-    check()
+    run_examples(check)
 
 
 def gradients_reach_head_only(
@@ -336,7 +336,7 @@ def gradients_reach_head_only(
             )
         swapped.eval()
 
-    check()
+    run_examples(check)
 
 
 def replace_head_keeps_dtype_and_device(
@@ -388,4 +388,4 @@ def replace_head_keeps_dtype_and_device(
                 )
             )
 
-    check()
+    run_examples(check)

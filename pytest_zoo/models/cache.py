@@ -248,11 +248,15 @@ class ModelCache:
             del self._oracles[key]
         if gone:
             self.stats.releases += len(gone)
-            # Reference counting frees a plain model at once. A full collection (a second or more
-            # once torch is loaded) only for a model that a reference cycle (a hook closing over
-            # it, a traceback) keeps alive and that holds real memory; meta tensors hold none.
-            if any((m := ref()) is not None and _holds_memory(m) for ref in survivors):
-                gc.collect()
+            # Reference counting frees a plain model at once. A collection only for a model that
+            # a reference cycle (a hook closing over it, a test's traceback) keeps alive and that
+            # holds real memory (meta tensors hold none): first of the young generations, where
+            # the cycle the last test left usually is, then, if that was not it, a full one (a
+            # quarter of a second or more once torch is loaded).
+            for generation in (1, 2):
+                if not _kept_alive(survivors):
+                    break
+                gc.collect(generation)
             if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
                 torch.cuda.empty_cache()
             return_freed_memory()
@@ -285,6 +289,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):
         return None  # not glibc (macOS, musl): nothing to trim, or nothing to trim with
+
+
+def _kept_alive(survivors: list[weakref.ref[nn.Module]]) -> bool:
+    """Whether a dropped model that holds memory is still alive (no reference to it is kept here)."""
+    return any(_holds_memory(model) for ref in survivors if (model := ref()) is not None)
 
 
 def _holds_memory(model: nn.Module) -> bool:
