@@ -258,3 +258,30 @@ def test_each_models_tests_run_back_to_back(pytester: pytest.Pytester) -> None:
     assert len(ids) > 3 * 5
     runs = [m for i, m in enumerate(models) if i == 0 or models[i - 1] != m]
     assert runs == ["alexnet", "resnet18", "squeezenet1_1"], runs
+
+
+def test_what_outlives_the_session_is_out_of_the_collectors_sight_during_zoo_tests_only(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makeconftest(
+        """
+        import gc
+        def pytest_unconfigure(config):
+            with open("after.txt", "w") as f:
+                f.write(str(gc.get_freeze_count()))
+        """
+    )
+    pytester.makepyfile(
+        test_gc="""
+        import gc
+        def test_zoo(zoo_model_name):
+            assert gc.get_freeze_count() > 10_000  # torch, torchvision, pytest's items
+        def test_plain():
+            assert gc.get_freeze_count() == 0
+        """
+    )
+    result = pytester.runpytest_subprocess("--zoo-models=squeezenet1_1", "-k", "test_zoo")
+    assert result.parseoutcomes() == {"passed": 1, "deselected": 22}  # test_plain, the shipped suite
+    assert (pytester.path / "after.txt").read_text() == "0"
+    result = pytester.runpytest_subprocess("-k", "test_plain")
+    result.assert_outcomes(passed=1, deselected=1)

@@ -24,6 +24,10 @@ scatter them over workers, where each worker would build the model again. So thi
   does it anyway (the train-mode output shapes, asserted on the gradient check's own forward);
 * on ``--zoo-device=meta``, runs zoo tests under :func:`~pytest_zoo.models.building.structural_init`, so a
   head built by a user's ``replace_head`` hook lands on the meta device like the rest of the model;
+* once collection is final in a session with zoo tests, moves everything alive (torch, torchvision,
+  the collected items: a few hundred thousand objects) out of the garbage collector's sight with
+  :func:`gc.freeze`, and back at the session's end. Each automatic full collection had scanned
+  them all, a tenth of a second or more each: a tenth of the eight-model run, and of a small gate's;
 * reports the cache's work in the terminal summary, summed over xdist workers.
 
 It imports neither torch nor torchvision: the cache is touched only if a test already imported it.
@@ -32,6 +36,7 @@ It imports neither torch nor torchvision: the cache is touched only if a test al
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import re
@@ -213,6 +218,8 @@ class ZooScheduling:
         self.workers = 0
         #: What an enclosing session in this process (pytester) runs, put back when this one ends.
         self.outer_schedule: scheduled.Schedule = {}
+        #: Whether this session froze the garbage collector's view (see the module docstring).
+        self.frozen = False
         workerinput = getattr(config, "workerinput", None)
         #: Where workers write what the controller needs before it schedules: ``{nodeid: model}``
         #: for its scheduler, a usage error found at collection (see :func:`worker_usage_error`).
@@ -281,6 +288,10 @@ class ZooScheduling:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.outer_schedule = scheduled.record(_running_here(session.config, session.items, self.groups_dir))
+        # Left alone where something froze already: a user's conftest, an enclosing session (pytester).
+        if gc.get_freeze_count() == 0 and any(zoo_model_of(item) is not None for item in session.items):
+            gc.freeze()  # what is alive now lives as long as the session (or is freed by refcount)
+            self.frozen = True
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         cache = _loaded_cache()
@@ -296,6 +307,9 @@ class ZooScheduling:
         stats = self._local_stats()
         _release_models()
         scheduled.restore(self.outer_schedule)
+        if self.frozen:
+            gc.unfreeze()
+            self.frozen = False
         workeroutput = getattr(session.config, "workeroutput", None)
         if workeroutput is not None and stats:
             workeroutput["zoo_cache"] = stats
