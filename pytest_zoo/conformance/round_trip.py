@@ -137,8 +137,10 @@ def state_dict_round_trip(
 # -- before the round trip --------------------------------------------------------------------------
 
 #: The classes whose train-mode forward under ``no_grad`` writes nothing at all (no running
-#: statistics, no cache, no counter; dropout draws random numbers and keeps none), read in torch 2.1
-#: to 2.14 and torchvision 0.16 to 0.29. Exact classes: a subclass may add state of its own.
+#: statistics, no cache, no counter; dropout draws random numbers and keeps none), read in torch
+#: 2.1.2, 2.5.1 and 2.14.1, torchvision 0.16.2, 0.20.1 and 0.29.1 (no method but ``__init__`` and the
+#: containers' editing ones assigns to ``self`` or calls an in-place method of an attribute). Exact
+#: classes: a subclass may add state of its own.
 STATELESS_IN_TRAINING = frozenset(
     {
         *(
