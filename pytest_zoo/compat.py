@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "autocast_gap",
     "default_device",
+    "global_forward_hooks",
     "is_in_place",
     "mappable",
     "release",
@@ -91,6 +92,16 @@ def set_fill_uninitialized_memory(fill: bool) -> bool:
     previous: Any = getattr(deterministic, "fill_uninitialized_memory", True)
     setattr(deterministic, "fill_uninitialized_memory", fill)  # noqa: B010 (a module property)
     return bool(previous)
+
+
+def global_forward_hooks() -> list[dict[Any, Any]]:
+    """The hooks ``register_module_forward_hook`` and friends run on every module's call (forward,
+    forward pre, backward, backward pre): private to torch, the same in every supported release; a
+    release without them reads as one hook registered, so that nothing is taken for hook-free."""
+    from torch.nn.modules import module
+
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    return [getattr(module, name, {None: None}) for name in (*names, "_global_backward_pre_hooks")]
 
 
 def mappable(path: str | os.PathLike[str]) -> str:

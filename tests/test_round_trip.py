@@ -14,6 +14,7 @@ from torch import nn
 
 from pytest_zoo import atomic
 from pytest_zoo.conformance import round_trip
+from pytest_zoo.conformance.round_trip import move_statistics, trains_statelessly
 from pytest_zoo.deployment import state_dict_round_trip
 
 INPUTS = ((torch.randn(2, 8),), {})
@@ -86,3 +87,74 @@ def test_the_round_trip_file_is_scratch_and_gone(tmp_path: Path, monkeypatch: py
     assert state_dict_round_trip(AliasedHead(), AliasedHead, INPUTS).ok
     assert [path.parent.parent for path in written] == [tmp_path]
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the train-mode forward before the round trip ---------------------------------------------------
+
+
+def squeezenet() -> nn.Module:
+    from torchvision.models import squeezenet1_1
+
+    with torch.device("meta"):
+        return squeezenet1_1(num_classes=5)
+
+
+class CountingLinear(nn.Linear):
+    """torch's own class, subclassed: what a subclass adds is not what was read."""
+
+
+class Tracked(torch.Tensor):
+    """A tensor subclass: its ``__torch_function__`` runs on every op, and may keep state."""
+
+
+def test_a_stock_model_without_statistics_is_spared_the_train_mode_forward() -> None:
+    model = squeezenet()
+    assert trains_statelessly(model)
+    model.classifier[1] = nn.Conv2d(512, 3, 1)  # a stock head, as replace_head puts it
+    assert trains_statelessly(model)
+    calls: list[bool] = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(module.training))
+    assert not trains_statelessly(model)  # the hook itself could keep state
+    move_statistics(model, ((torch.empty(1, 3, 32, 32, device="meta"),), {}))
+    assert calls == [True]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "batchnorm",
+        "subclass",
+        "patched forward",
+        "callable attribute",
+        "object attribute",
+        "tensor subclass",
+        "global hook",
+    ],
+)
+def test_anything_that_could_keep_train_time_state_gets_the_forward(change: str) -> None:
+    model = squeezenet()
+    head = model.classifier
+    assert isinstance(head, nn.Sequential)
+    if change == "batchnorm":
+        head.insert(2, nn.BatchNorm2d(5, device="meta"))
+    elif change == "subclass":
+        head[1] = CountingLinear(2, 2, device="meta")
+    elif change == "patched forward":
+        head[2].forward = lambda x: x
+    elif change == "callable attribute":
+        head[2].scale = lambda x: x
+    elif change == "object attribute":
+        head[2].seen = {"calls": 0}
+    elif change == "tensor subclass":
+        head[1].register_buffer("seen", torch.zeros(1, device="meta").as_subclass(Tracked))
+    handle = (
+        nn.modules.module.register_module_forward_hook(lambda *args: None)
+        if change == "global hook"
+        else None
+    )
+    try:
+        assert not trains_statelessly(model)
+    finally:
+        if handle is not None:
+            handle.remove()
+    assert trains_statelessly(squeezenet())

@@ -17,6 +17,7 @@ from pytest_zoo.conformance import task_io as tasks
 from pytest_zoo.conformance.deployment import (
     DEPLOY_EXCEPTIONS,
     METHODS,
+    EagerForward,
     batch_equivalence,
     channels_last_equivalence,
     deploy_exception,
@@ -500,6 +501,20 @@ def test_precision_forward_under_autocast() -> None:
     assert report.found == {"output": (2, 5)}
     model.fc = HierarchicalHead(512, 5)
     only_problem(precision_forward(model, inputs("resnet18", model)), "under autocast torch.bfloat16 raised")
+
+
+def test_autocast_takes_its_float32_shapes_from_the_channels_last_reference() -> None:
+    model = build("squeezenet1_1", None)
+    calls: list[bool] = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(torch.is_autocast_cpu_enabled()))
+    args = inputs("squeezenet1_1", model)
+    eager = EagerForward(model, args)
+    assert channels_last_equivalence(model, args, eager=eager).ok
+    report = precision_forward(model, args, eager=eager)
+    assert report.ok and report.expected == report.found == {"output": (2, 1000)}, report
+    assert calls == [False, False, True]  # contiguous, channels_last, autocast: one eager forward
+    with pytest.raises(ValueError, match="eager is an eval forward in float32"):
+        precision_forward(model, args, eager=eager, train=True)
 
 
 def test_precision_forward_catches_a_float32_head_on_a_converted_model() -> None:

@@ -268,3 +268,67 @@ def test_the_round_trip_moves_running_statistics_before_saving(pytester: pytest.
     result.stdout.fnmatch_lines(
         ["*the state_dict round trip:*some state the outputs depend on is not in state_dict*"]
     )
+
+
+SQUEEZENET = """
+    import torch
+    from torch import nn
+    from torchvision.models import squeezenet1_1
+
+    from pytest_zoo import ZooConformance
+
+    class Centered(nn.Module):
+        def __init__(self, channels, num_classes):
+            super().__init__()
+            self.conv = nn.Conv2d(channels, num_classes, 1)
+            self.register_buffer("center", torch.zeros(num_classes, 1, 1), persistent=False)
+
+        def forward(self, x):
+            x = self.conv(x)
+            if self.training:
+                self.center.mul_(0.9).add_(0.1 * x.mean((0, 2, 3))[:, None, None])
+            return x - self.center
+
+    def shifted(num_classes):
+        conv = nn.Conv2d(512, num_classes, 1)
+        conv.shift = torch.zeros(())  # a plain attribute: not in the state_dict
+
+        def shift(module, args, output):
+            if module.training:
+                module.shift = output.detach().mean()
+            return output + module.shift
+
+        conv.register_forward_hook(shift)
+        return conv
+
+    class TestGate(ZooConformance):
+        models = ("squeezenet1_1",)
+
+        def build_model(self, name):
+            return squeezenet1_1(weights=None)
+
+        def replace_head(self, model, num_classes):
+            model.classifier[1] = HEAD
+            return model
+"""
+
+
+@pytest.mark.parametrize(
+    ("head", "outcome"),
+    [
+        ("nn.Conv2d(512, num_classes, 1)", "passed"),
+        ("Centered(512, num_classes)", "failed"),  # a class of the user's: its code may keep state
+        ("shifted(num_classes)", "failed"),  # torch's own class, with a hook that keeps state
+    ],
+)
+def test_a_model_without_statistics_still_gets_its_hidden_state_moved(
+    pytester: pytest.Pytester, head: str, outcome: str
+) -> None:
+    """A BatchNorm-free model of torch's and torchvision's own classes skips the train-mode
+    forward before the round trip (it provably writes nothing); code of the user's never does."""
+    result = run(pytester, textwrap.dedent(SQUEEZENET).replace("HEAD", head), "round_trip")
+    result.assert_outcomes(**{outcome: 1})
+    if outcome == "failed":
+        result.stdout.fnmatch_lines(
+            ["*the state_dict round trip:*some state the outputs depend on is not in state_dict*"]
+        )

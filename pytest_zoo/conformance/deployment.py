@@ -27,6 +27,7 @@ from .equivalence import (
     BATCH_ATOL,
     BATCH_RTOL,
     LAYOUT_TOL,
+    EagerForward,
     batch_equivalence,
     channels_last_equivalence,
     compare_outputs,
@@ -34,7 +35,7 @@ from .equivalence import (
     precision_forward,
 )
 from .reports import CheckReport, Inputs, call_model, describe_error, needs_values
-from .round_trip import state_dict_round_trip
+from .round_trip import move_statistics, state_dict_round_trip
 
 __all__ = [
     "BATCH_ATOL",
@@ -43,12 +44,14 @@ __all__ = [
     "LAYOUT_TOL",
     "METHODS",
     "DeployException",
+    "EagerForward",
     "Method",
     "batch_equivalence",
     "channels_last_equivalence",
     "compare_outputs",
     "deploy_exception",
     "deployability",
+    "move_statistics",
     "precision_forward",
     "state_dict_round_trip",
 ]

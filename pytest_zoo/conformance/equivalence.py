@@ -34,6 +34,7 @@ __all__ = [
     "BATCH_ATOL",
     "BATCH_RTOL",
     "LAYOUT_TOL",
+    "EagerForward",
     "batch_equivalence",
     "channels_last_equivalence",
     "compare_outputs",
@@ -99,6 +100,26 @@ def exact_arithmetic() -> Iterator[None]:
             yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
+class EagerForward:
+    """The float32 eval forward of ``model`` on ``inputs``, run once however many checks of one
+    example compare with it (channels_last's reference is autocast's): a model-sized forward each.
+
+    Call it where the forward would run: an exception propagates to that caller, and the next
+    call runs the forward again. The caller keeps the model unchanged in between.
+    """
+
+    def __init__(self, model: nn.Module, inputs: Inputs) -> None:
+        self.model, self.inputs = model, inputs
+        self._output: tuple[object] | None = None
+
+    def __call__(self) -> object:
+        if self._output is None:
+            self.model.eval()
+            with exact_arithmetic():
+                self._output = (call_model(self.model, self.inputs),)
+        return self._output[0]
 
 
 # -- batches ---------------------------------------------------------------------------------------
@@ -180,11 +201,13 @@ def channels_last_equivalence(
     atol: float = LAYOUT_TOL,
     rtol: float = LAYOUT_TOL,
     check: str = "channels_last",
+    eager: EagerForward | None = None,
 ) -> CheckReport:
     """The model and its 4-d/5-d tensor inputs in channels_last reproduce the contiguous eval output.
 
     4-d inputs go to ``torch.channels_last``, 5-d to ``torch.channels_last_3d`` (the model too, then
     back). A ``.view`` merging channels with space raises there only where maps exceed 1x1: say so.
+    ``eager``: the contiguous forward, shared with another check of the same example.
     """
     skipped = needs_values(check, model)
     if skipped is not None:
@@ -200,12 +223,12 @@ def channels_last_equivalence(
             return value.contiguous(memory_format=fmt)
         return value
 
+    eager = eager or EagerForward(model, inputs)
     model.eval()
     try:
-        with exact_arithmetic():
-            reference = call_model(model, inputs)
-            with _memory_format(model, fmt):
-                converted = model(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()})
+        reference = eager()
+        with exact_arithmetic(), _memory_format(model, fmt):
+            converted = model(*map(convert, args), **{k: convert(v) for k, v in kwargs.items()})
     except Exception as error:
         problem = describe_error(f"the {fmt} forward", error)
         if "view size is not compatible" in str(error):
@@ -226,6 +249,7 @@ def precision_forward(
     autocast: bool = True,
     train: bool = False,
     check: str | None = None,
+    eager: EagerForward | None = None,
 ) -> CheckReport:
     """A forward under ``torch.autocast`` (or with the model already converted) is finite, same shapes.
 
@@ -233,7 +257,9 @@ def precision_forward(
     defaulting to bfloat16 on CPU and float16 on CUDA. ``autocast=False``: the caller has converted
     the model (and ran its ``replace_head`` afterwards); floating inputs are cast to the dtype of the
     model's first parameter. Shapes are compared with a float32 eager forward when ``autocast`` (no
-    reference exists for a converted model: only finiteness is checked then).
+    reference exists for a converted model: only finiteness is checked then). ``eager`` (with
+    ``autocast`` in eval mode): that float32 forward, shared with another check of the same
+    example; only its shapes are used.
     """
     device = model_device(model)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16)
@@ -241,12 +267,15 @@ def precision_forward(
     skipped = needs_values(name, model)
     if skipped is not None:
         return skipped
+    if eager is not None and (train or not autocast):
+        raise ValueError("precision_forward: eager is an eval forward in float32: autocast=True, train=False")
     args, kwargs = inputs
     model.train(train)
     try:
         with torch.no_grad():
             if autocast:
-                reference: object = call_model(model, inputs)
+                reference: object = eager() if eager is not None else call_model(model, inputs)
+                model.train(train)
                 with torch.autocast(device.type, dtype=dtype):
                     output = call_model(model, inputs)
             else:

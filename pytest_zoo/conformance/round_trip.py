@@ -8,6 +8,8 @@ strict load, or state the outputs depend on that the ``state_dict`` does not car
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +18,11 @@ import torch
 from torch import nn
 
 from ..atomic import scratch_dir
-from ..compat import mappable, save_unchecked
+from ..compat import global_forward_hooks, mappable, save_unchecked
 from .equivalence import compare_outputs, exact_arithmetic
 from .reports import CheckReport, Inputs, call_model, describe_error, listed, model_device, needs_values
 
-__all__ = ["WRAPPERS", "state_dict_round_trip", "wrapper_prefix"]
+__all__ = ["STATELESS_IN_TRAINING", "WRAPPERS", "move_statistics", "state_dict_round_trip", "wrapper_prefix"]
 
 #: Wrapper prefixes a saved ``state_dict`` can carry, and what added them.
 WRAPPERS = {
@@ -135,3 +137,136 @@ def state_dict_round_trip(
     return CheckReport(
         check, problems=tuple(problems), expected=expected, found=found, details=tuple(details)
     )
+
+
+# -- before the round trip --------------------------------------------------------------------------
+
+#: The classes whose train-mode forward under ``no_grad`` writes nothing at all (no running
+#: statistics, no cache, no counter; dropout draws random numbers and keeps none), read in torch
+#: 2.1.2, 2.5.1 and 2.14.1, torchvision 0.16.2, 0.20.1 and 0.29.1 (no method but ``__init__`` and the
+#: containers' editing ones assigns to ``self`` or calls an in-place method of an attribute). Exact
+#: classes: a subclass may add state of its own.
+STATELESS_IN_TRAINING = frozenset(
+    {
+        *(
+            f"torch.nn.modules.{name}"
+            for name in (
+                "activation.GELU",
+                "activation.Hardsigmoid",
+                "activation.Hardswish",
+                "activation.MultiheadAttention",
+                "activation.ReLU",
+                "activation.ReLU6",
+                "activation.SiLU",
+                "activation.Sigmoid",
+                "activation.Softmax",
+                "activation.Tanh",
+                "container.ModuleDict",
+                "container.ModuleList",
+                "container.Sequential",
+                "conv.Conv1d",
+                "conv.Conv2d",
+                "conv.Conv3d",
+                "dropout.Dropout",
+                "flatten.Flatten",
+                "linear.Identity",
+                "linear.Linear",
+                "linear.NonDynamicallyQuantizableLinear",
+                "normalization.GroupNorm",
+                "normalization.LayerNorm",
+                "pooling.AdaptiveAvgPool1d",
+                "pooling.AdaptiveAvgPool2d",
+                "pooling.AdaptiveAvgPool3d",
+                "pooling.AvgPool2d",
+                "pooling.MaxPool2d",
+                "pooling.MaxPool3d",
+            )
+        ),
+        *(
+            f"torchvision.{name}"
+            for name in (
+                "models.alexnet.AlexNet",
+                "models.convnext.CNBlock",
+                "models.convnext.ConvNeXt",
+                "models.convnext.LayerNorm2d",
+                "models.squeezenet.Fire",
+                "models.squeezenet.SqueezeNet",
+                "models.swin_transformer.PatchMerging",
+                "models.swin_transformer.PatchMergingV2",
+                "models.swin_transformer.ShiftedWindowAttention",
+                "models.swin_transformer.ShiftedWindowAttentionV2",
+                "models.swin_transformer.SwinTransformer",
+                "models.swin_transformer.SwinTransformerBlock",
+                "models.swin_transformer.SwinTransformerBlockV2",
+                "models.vgg.VGG",
+                "models.video.mvit.MViT",
+                "models.video.mvit.MultiscaleAttention",
+                "models.video.mvit.MultiscaleBlock",
+                "models.video.mvit.Pool",
+                "models.video.mvit.PositionalEncoding",
+                "models.video.swin_transformer.PatchEmbed3d",
+                "models.video.swin_transformer.ShiftedWindowAttention3d",
+                "models.video.swin_transformer.SwinTransformer3d",
+                "models.vision_transformer.Encoder",
+                "models.vision_transformer.EncoderBlock",
+                "models.vision_transformer.MLPBlock",
+                "models.vision_transformer.VisionTransformer",
+                "ops.misc.Conv2dNormActivation",
+                "ops.misc.MLP",
+                "ops.misc.Permute",
+                "ops.stochastic_depth.StochasticDepth",
+            )
+        ),
+    }
+)
+
+#: Attributes of those classes that only their ``__init__`` reads (a builder function kept as given).
+_BUILD_TIME = {"torchvision.models.vision_transformer.VisionTransformer": frozenset({"norm_layer"})}
+
+#: What any module keeps in ``__dict__`` (its children, tensors, hooks and mode).
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.Tensor)
+
+
+def _plain(value: object) -> bool:
+    """Data the vetted classes' code reads, never code it could call (a user's stateful callable)."""
+    if isinstance(value, (tuple, list)):
+        return all(_plain(v) for v in value)
+    return type(value) in _PLAIN or type(value) is torch.Size or type(value) is nn.Parameter
+
+
+def _stateless_in_training(module: nn.Module) -> bool:
+    cls = type(module)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    if (
+        name not in STATELESS_IN_TRAINING
+        or getattr(sys.modules.get(cls.__module__), cls.__name__, None) is not cls
+    ):
+        return False
+    if any(getattr(module, hooks) for hooks in _HOOKS):
+        return False
+    tensors = [*module._parameters.values(), *module._buffers.values()]
+    if any(t is not None and type(t) not in (nn.Parameter, torch.Tensor) for t in tensors):
+        return False  # a tensor subclass runs code of its own on every op
+    unread = _MODULE_INTERNALS | _BUILD_TIME.get(name, frozenset())
+    return all(_plain(v) for k, v in vars(module).items() if k not in unread)
+
+
+def trains_statelessly(model: nn.Module) -> bool:
+    """Whether a train-mode forward of ``model`` under ``no_grad`` provably writes nothing: every
+    module is of a class in :data:`STATELESS_IN_TRAINING`, as it is (no hook, no patched method, no
+    callable or object attribute its code could call, no tensor subclass), and no global hook runs."""
+    return not any(global_forward_hooks()) and all(_stateless_in_training(m) for m in model.modules())
+
+
+def move_statistics(model: nn.Module, inputs: Inputs) -> None:
+    """One train-mode forward, as fine-tuning takes: running statistics leave the initial values a
+    fresh model also has, so that one the ``state_dict`` does not carry changes the reloaded
+    outputs. A model that cannot take it here is left as it is (the training checks say why); one
+    whose forward provably writes nothing (:func:`trains_statelessly`) is spared it."""
+    if trains_statelessly(model):
+        return
+    model.train()
+    with torch.no_grad(), contextlib.suppress(Exception):
+        call_model(model, inputs)

@@ -224,23 +224,12 @@ def state_dict_round_trip(gate: ZooConformance, zoo_model_name: str, zoo_device:
             model = building.uninitialised_copy(as_built)
             return _hooked(gate, model, p.n, has_head=has_head, freeze=True)[0]
 
-        _move_statistics(p)
+        if p.io.task in _BATCHED_TASKS:  # one batched tensor in (a detector in train mode wants targets)
+            deployment.move_statistics(p.model, p.io.inputs(p.model, p.example, p.n, p.device, train=True))
         inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
         return deployment.state_dict_round_trip(p.model, fresh, inputs)
 
     _value_check(gate, zoo_model_name, zoo_device, "the state_dict round trip", run, twin=True, maps=True)
-
-
-def _move_statistics(p: _Prepared) -> None:
-    """One train-mode forward, as fine-tuning takes: running statistics leave the initial values a
-    fresh model also has, so that one the ``state_dict`` does not carry changes the reloaded
-    outputs. A model that cannot take it here is left as it is (the training checks say why)."""
-    if p.io.task not in _BATCHED_TASKS:
-        return
-    args, kwargs = p.io.inputs(p.model, p.example, p.n, p.device, train=True)
-    p.model.train()
-    with torch.no_grad(), contextlib.suppress(Exception):
-        p.model(*args, **kwargs)
 
 
 def batch_equivalence(gate: ZooConformance, zoo_model_name: str, zoo_device: torch.device) -> None:
@@ -272,13 +261,14 @@ def channels_last_and_autocast(gate: ZooConformance, zoo_model_name: str, zoo_de
 
     def run(p: _Prepared) -> training.CheckReport:
         inputs = p.io.inputs(p.model, p.example, p.n, p.device, train=False)
-        report = deployment.channels_last_equivalence(p.model, inputs)
+        eager = deployment.EagerForward(p.model, inputs)  # channels_last's reference, autocast's shapes
+        report = deployment.channels_last_equivalence(p.model, inputs, eager=eager)
         if not report.ok and report.skipped is None:
             return report
         gap = autocast_gap(p.model, p.device.type)
         if gap is not None:
             return training.CheckReport("autocast", skipped=gap)
-        return deployment.precision_forward(p.model, inputs)
+        return deployment.precision_forward(p.model, inputs, eager=eager)
 
     diverge = attribution.Divergence(attribution.layout_pairs, deployment.LAYOUT_TOL, deployment.LAYOUT_TOL)
     _value_check(
