@@ -353,3 +353,18 @@ def test_consecutive_enums_that_load_the_same_state_write_one_checkpoint_kept_wi
     assert not kept[0].exists()
     assert "loaded" in W.check_loading(first, tmp_path / "c", 7)
     assert len(saved) == 2, "a released model's checkpoint was used again"
+
+
+def test_fabricated_signatures_tell_apart_any_computed_value_and_any_layout() -> None:
+    """A fabricated tensor's values follow from its key and layout; everything else counts by value."""
+    from pytest_zoo.weights.serving import fabricated_signature
+
+    def signature(weight: torch.Tensor, index: torch.Tensor, fabricated: frozenset[str]) -> bytes:
+        return fabricated_signature({"w": weight, "index": index}, fabricated)
+
+    same = signature(torch.zeros(3, 2), torch.arange(4), frozenset({"w"}))
+    assert same == signature(torch.ones(3, 2), torch.arange(4), frozenset({"w"}))
+    assert same != signature(torch.zeros(3, 2), torch.arange(4).flip(0), frozenset({"w"}))
+    assert same != signature(torch.zeros(2, 3), torch.arange(4), frozenset({"w"}))
+    assert same != signature(torch.zeros(3, 2).t().contiguous().t(), torch.arange(4), frozenset({"w"}))
+    assert same != signature(torch.zeros(3, 2), torch.arange(4), frozenset())

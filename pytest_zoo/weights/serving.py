@@ -140,7 +140,7 @@ def write_fabricated(
             if key in parameters or key.endswith(("running_mean", "running_var")) or value.isnan().any():
                 fabricated_values(key, value)
                 fabricated.add(key)
-        signature = fabricated_signature(state, fabricated)
+        signature = fabricated_signature(state, fabricated) if kept is not None else None
     path.parent.mkdir(parents=True, exist_ok=True)
     if kept is not None and kept.take(signature, path):
         return state
@@ -169,7 +169,8 @@ def fabricated_signature(state: Mapping[str, Any], fabricated: Set[str]) -> byte
         layout = (key, value.dtype, tuple(value.shape), value.stride(), value.storage_offset())
         digest.update(repr((*layout, shared, storage.nbytes(), key in fabricated)).encode())
         if key not in fabricated:
-            digest.update(torch.empty(0, dtype=torch.uint8).set_(storage).numpy().tobytes())
+            raw = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
+            digest.update(raw.numpy().tobytes())
     return digest.digest()
 
 
