@@ -189,6 +189,42 @@ def test_weights_checks_reuse_the_gates_probe_builds(monkeypatch: pytest.MonkeyP
     assert built == [3, 4], "alone, the weights checks build both probes"
 
 
+def _attention_models() -> list[nn.Module]:
+    """torch's own modules that call initialisers they imported by name (``xavier_uniform_``)."""
+    return [
+        nn.MultiheadAttention(8, 2),
+        nn.Transformer(8, 2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=8, batch_first=True),
+    ]
+
+
+def test_poisoned_init_reaches_initialisers_imported_by_name() -> None:
+    with building.poisoned_init():
+        attention, transformer = _attention_models()
+    assert attention.in_proj_weight.isnan().all()
+    assert all(p.isnan().all() for p in transformer.parameters())
+    assert nn.modules.activation.xavier_uniform_ is nn.init.xavier_uniform_  # given back on exit
+
+
+def test_skipped_init_draws_nothing_even_by_name() -> None:
+    before = torch.get_rng_state()
+    with building.skipped_init():
+        _attention_models()
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_module_imported_during_a_poisoned_build_keeps_the_real_initialiser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    module = types.ModuleType("torchvision._zoo_test_late_import")
+    with building.poisoned_init():  # what its ``from torch.nn.init import xavier_uniform_`` does:
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        module.xavier_uniform_ = nn.init.xavier_uniform_  # type: ignore[attr-defined]
+    assert module.xavier_uniform_ is nn.init.xavier_uniform_  # type: ignore[attr-defined]
+
+
 def test_describe_stats_reads_like_the_summary_line() -> None:
     assert describe_stats({"builds": 2, "hits": 8}) == (
         "2 model build(s), 8 reuse(s), 0 restore(s), 0 rebuild(s) after in-place changes, 0 oracle build(s)"

@@ -7,6 +7,7 @@ sweep over all 166 enums is opt-in: ``pytest -m zoo_sweep tests/test_weights.py`
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -324,3 +325,46 @@ def test_a_fabricated_checkpoint_is_a_scratch_file_never_flushed_to_disk(
     state = W.fabricate_checkpoint(case, tmp_path)
     model = W.load_pretrained_offline(case, tmp_path)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_consecutive_enums_that_load_the_same_state_write_one_checkpoint_kept_with_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RAFT's enums (regnet's, ResNet's V1 and V2) load the same state: the file the previous check
+    was done with is moved on, not written again, and goes when the model's cache group does."""
+    import gc
+    import tempfile
+
+    from pytest_zoo.models.cache import active_cache, reset_active_cache
+    from pytest_zoo.weights import serving
+
+    saved: list[object] = []
+    save = serving.save_unchecked
+    monkeypatch.setattr(serving, "save_unchecked", lambda state, f: saved.append(f) or save(state, f))
+    reset_active_cache()
+    first, second = (W.resolve_weights_id(f"raft_small-{name}") for name in ("C_T_V1", "C_T_V2"))
+    assert "loaded" in W.check_loading(first, tmp_path / "a", 7)
+    assert "loaded" in W.check_loading(second, tmp_path / "b", 7)
+    assert len(saved) == 1 and not any(tmp_path.rglob("*.pth"))
+    kept = list(Path(tempfile.gettempdir()).glob(f"pytest-zoo-kept-{os.getpid()}-*"))
+    assert len(kept) == 1
+    active_cache().release()
+    gc.collect()
+    assert not kept[0].exists()
+    assert "loaded" in W.check_loading(first, tmp_path / "c", 7)
+    assert len(saved) == 2, "a released model's checkpoint was used again"
+
+
+def test_fabricated_signatures_tell_apart_any_computed_value_and_any_layout() -> None:
+    """A fabricated tensor's values follow from its key and layout; everything else counts by value."""
+    from pytest_zoo.weights.serving import fabricated_signature
+
+    def signature(weight: torch.Tensor, index: torch.Tensor, fabricated: frozenset[str]) -> bytes:
+        return fabricated_signature({"w": weight, "index": index}, fabricated)
+
+    same = signature(torch.zeros(3, 2), torch.arange(4), frozenset({"w"}))
+    assert same == signature(torch.ones(3, 2), torch.arange(4), frozenset({"w"}))
+    assert same != signature(torch.zeros(3, 2), torch.arange(4).flip(0), frozenset({"w"}))
+    assert same != signature(torch.zeros(2, 3), torch.arange(4), frozenset({"w"}))
+    assert same != signature(torch.zeros(3, 2).t().contiguous().t(), torch.arange(4), frozenset({"w"}))
+    assert same != signature(torch.zeros(3, 2), torch.arange(4), frozenset())

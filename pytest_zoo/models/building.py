@@ -20,6 +20,7 @@ from torch import nn
 
 from ..compat import default_device, set_fill_uninitialized_memory
 from ..zoo.families import find_family
+from .initialisers import filled_init
 from .meta import meta_fast_paths, without_memo
 
 __all__ = [
@@ -155,28 +156,10 @@ def uninitialised_as_nan() -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-#: The in-place initialisers of ``torch.nn.init``: what builders and ``reset_parameters`` call.
-_INITIALISERS = (
-    "uniform_",
-    "normal_",
-    "trunc_normal_",
-    "constant_",
-    "ones_",
-    "zeros_",
-    "eye_",
-    "dirac_",
-    "xavier_uniform_",
-    "xavier_normal_",
-    "kaiming_uniform_",
-    "kaiming_normal_",
-    "orthogonal_",
-    "sparse_",
-)
-
-
 @contextlib.contextmanager
 def poisoned_init() -> Iterator[None]:
-    """Within this context, ``torch.nn.init``'s initialisers fill floating tensors with NaN.
+    """Within this context, ``torch.nn.init``'s initialisers fill floating tensors with NaN, under
+    whatever name a module holds them (:func:`~pytest_zoo.models.initialisers.filled_init`).
 
     For a build whose every value is overwritten before it is read, the way torchvision's
     ``builder(weights=W)`` loads a checkpoint into the model it has just initialised: drawing
@@ -184,7 +167,7 @@ def poisoned_init() -> Iterator[None]:
     NaN instead of leaving memory as it is: a value the load did not overwrite stays NaN, so it
     cannot pass for a loaded one.
     """
-    with _filled_init(float("nan")):
+    with filled_init(float("nan")):
         yield
 
 
@@ -196,7 +179,7 @@ def zero_init() -> Iterator[None]:
     build calibrates and converts, which NaN would not survive, and random draws for
     quantized_resnext101's 88M weights were a quarter of the conversion's time.
     """
-    with _filled_init(0.0):
+    with filled_init(0.0):
         yield
 
 
@@ -208,24 +191,7 @@ def skipped_init() -> Iterator[None]:
     own code): on meta tensors an initialiser changes nothing, yet each still costs its Python and
     a dispatch through the meta memo, a fifth of such a build.
     """
-    with _filled_init(None):
-        yield
-
-
-@contextlib.contextmanager
-def _filled_init(value: float | None) -> Iterator[None]:
-    """The initialisers fill floating tensors with ``value``; ``None``: they do nothing."""
-    from unittest import mock
-
-    def fill(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if value is not None and tensor.is_floating_point():
-            with torch.no_grad():
-                tensor.fill_(value)
-        return tensor
-
-    with contextlib.ExitStack() as stack:
-        for initialiser in _INITIALISERS:
-            stack.enter_context(mock.patch.object(nn.init, initialiser, fill))
+    with filled_init(None):
         yield
 
 

@@ -104,9 +104,16 @@ def model_costs(items: list[pytest.Item], models: list[str | None]) -> dict[str,
 
     def weights(item: pytest.Item) -> str | None:
         callspec = getattr(item, "callspec", None)
-        case = callspec.params.get("zoo_weights") if callspec is not None else None
-        # the member's name from the id "<builder>-<member>" (pytest_zoo.weights.cases.WeightsCase.id)
-        return None if case is None else str(case).partition("-")[2] or str(case)
+        weights_id = callspec.params.get("zoo_weights") if callspec is not None else None
+        if weights_id is None:
+            return None
+        # a test parametrized by weights: the weights package (and torch) is loaded already
+        from ..weights.cases import resolve_weights_id
+
+        try:
+            return str(resolve_weights_id(str(weights_id)).weights.name)
+        except LookupError:  # not a zoo weights id: no member, the model's own size stands in
+            return str(weights_id)
 
     return estimate(
         (model, check(item), weights(item))

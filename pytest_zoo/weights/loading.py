@@ -18,7 +18,7 @@ from ..models.building import poisoned_init, zero_init
 from ..models.cache import active_cache
 from .cases import MetadataMismatch, WeightsCase
 from .interception import reference_inputs
-from .serving import write_fabricated
+from .serving import KeptCheckpoint, write_fabricated
 
 # -- real loading, offline ------------------------------------------------------------------------
 
@@ -28,14 +28,17 @@ def checkpoint_path(weights: Any, torch_home: Path) -> Path:
     return torch_home / "hub" / "checkpoints" / os.path.basename(str(weights.url))
 
 
-def fabricate_checkpoint(case: WeightsCase, torch_home: Path, **kwargs: Any) -> dict[str, torch.Tensor]:
+def fabricate_checkpoint(
+    case: WeightsCase, torch_home: Path, *, kept: KeptCheckpoint | None = None, **kwargs: Any
+) -> dict[str, torch.Tensor]:
     """Write a checkpoint for ``case`` under the file name torch.hub expects; return its contents.
 
     The same file a gate is served (:func:`~pytest_zoo.weights.serving.write_fabricated`): exactly
     the keys, shapes and dtypes the builder will load, quantized ones included, with deterministic
-    values no initialiser produces, written atomically.
+    values no initialiser produces, written atomically (or moved there from ``kept``, where the
+    previous check left the same state).
     """
-    return write_fabricated(case, checkpoint_path(case.weights, torch_home), **kwargs)
+    return write_fabricated(case, checkpoint_path(case.weights, torch_home), kept=kept, **kwargs)
 
 
 def load_pretrained_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> nn.Module:
@@ -115,71 +118,93 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
     are loaded with ``quantize=True`` (their only valid use); a quantized model has no trainable
     parameters, so for them the check ends with the load and an eval forward at the crop size.
     """
-    from ..models import freezing, heads
-
     kwargs: dict[str, Any] = {"quantize": True} if case.task == "quantized" else {}
+    cache = active_cache()
+    # The file the previous enum's check was done with lives as long as this model's cache group
+    # (a previous model's goes here), and is held here while that group is released below.
+    kept = cache.memo(_KEPT, KeptCheckpoint, group=case.model)
     # The session's cached build of this model is a third model-sized allocation beside the loaded
     # model and the checkpoint's pages; the plugin runs a model's weights checks after its
     # ZooConformance checks, so nothing is rebuilt for dropping it.
-    active_cache().release()
+    cache.release()
     # The checkpoint is the check's own scratch file: a full run fabricates one per weights enum
-    # (tens of GB over the zoo), and pytest keeps the last sessions' tmp_path directories.
+    # (tens of GB over the zoo), and pytest keeps the last sessions' tmp_path directories. A passed
+    # check leaves it to ``kept``, outside ``torch_home``; a failed one deletes it.
     path = checkpoint_path(case.weights, torch_home)
+    passed = False
     try:
         # Only the file is kept, not the fabricated tensors: the comparison is with what was read.
-        fabricate_checkpoint(case, torch_home, **kwargs)
-        model, fabricated = _load_offline(case, torch_home, **kwargs)
-        loaded = model.state_dict()
-        differing = [
-            key
-            for key, value in loaded.items()
-            if isinstance(value, torch.Tensor)
-            and not value.is_quantized
-            and key in fabricated
-            and not _identical(value, fabricated[key])
-        ]
-        # Quantized builders may convert after loading (MobileNetV3 loads QAT weights, then converts),
-        # so for them only the tensors that survived unchanged in name are compared.
-        unexpected = sorted(set(loaded) - set(fabricated)) if case.task != "quantized" else []
-        if differing or unexpected:
-            raise MetadataMismatch(
-                f"{case.label}: the loaded model does not hold the fabricated checkpoint "
-                f"{checkpoint_path(case.weights, torch_home)}: differing {differing[:5]}, "
-                f"not in the checkpoint {unexpected[:5]}"
-            )
-        if case.task == "quantized":
-            with torch.no_grad():
-                out = model.eval()(torch.rand(reference_inputs(case)[0].shape))
-            if tuple(out.shape) != (1, len(case.meta["categories"])):
-                raise MetadataMismatch(f"{case.label}: quantized output shape {tuple(out.shape)}")
-            return f"loaded {len(loaded)} tensors (quantized)"
-        adapter = heads.find_adapter(model)
-        if adapter is not None and adapter.no_head:
-            return f"loaded {len(loaded)} tensors; the model has no class head to swap"
-        old_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
-        heads.replace_head(model, num_classes)
-        counts = freezing.freeze_backbone(model)
-        new_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
-        expected_total = case.meta["num_params"] - old_head + new_head
-        # A model with its own backbone module trains all the rest (decoder, RPN, ROI heads, new head).
-        prefix = freezing.backbone_prefix(name for name, _ in model.named_parameters())
-        trainable = (
-            sum(p.numel() for name, p in model.named_parameters() if not name.startswith(prefix))
-            if prefix is not None
-            else new_head
-        )
-        if counts.trainable != trainable or counts.total != expected_total:
-            raise MetadataMismatch(
-                f"{case.label}, num_classes={num_classes}: after replace_head + freeze_backbone expected "
-                f"{trainable:,} trainable / {expected_total:,} total, found {counts}"
-            )
-        # Partial weights can leave NaN layers that a swap of the last one does not replace (VGG16's
-        # IMAGENET1K_FEATURES ships a NaN classifier): the fine-tuned model must hold finite values.
-        from ..conformance.training import nonfinite_state
-
-        finite = nonfinite_state(model)
-        if not finite.ok:
-            raise MetadataMismatch(f"{case.label}, after replace_head: " + "; ".join(finite.problems))
-        return f"loaded {len(loaded)} tensors; {counts}"
+        fabricate_checkpoint(case, torch_home, kept=kept, **kwargs)
+        result = _check_loaded(case, torch_home, num_classes, kwargs)
+        passed = True
+        return result
     finally:
-        path.unlink(missing_ok=True)
+        if passed:
+            kept.keep(path)
+        else:
+            kept.discard()
+            path.unlink(missing_ok=True)
+        cache.memo(_KEPT, lambda: kept, group=case.model)
+
+
+#: The model cache's key of the :class:`KeptCheckpoint` of the model whose loading is checked.
+_KEPT = ("kept checkpoint",)
+
+
+def _check_loaded(case: WeightsCase, torch_home: Path, num_classes: int, kwargs: dict[str, Any]) -> str:
+    """:func:`check_loading` once the checkpoint is in place: load, compare, swap the head, freeze."""
+    from ..models import freezing, heads
+
+    model, fabricated = _load_offline(case, torch_home, **kwargs)
+    loaded = model.state_dict()
+    differing = [
+        key
+        for key, value in loaded.items()
+        if isinstance(value, torch.Tensor)
+        and not value.is_quantized
+        and key in fabricated
+        and not _identical(value, fabricated[key])
+    ]
+    # Quantized builders may convert after loading (MobileNetV3 loads QAT weights, then converts),
+    # so for them only the tensors that survived unchanged in name are compared.
+    unexpected = sorted(set(loaded) - set(fabricated)) if case.task != "quantized" else []
+    if differing or unexpected:
+        raise MetadataMismatch(
+            f"{case.label}: the loaded model does not hold the fabricated checkpoint "
+            f"{checkpoint_path(case.weights, torch_home)}: differing {differing[:5]}, "
+            f"not in the checkpoint {unexpected[:5]}"
+        )
+    if case.task == "quantized":
+        with torch.no_grad():
+            out = model.eval()(torch.rand(reference_inputs(case)[0].shape))
+        if tuple(out.shape) != (1, len(case.meta["categories"])):
+            raise MetadataMismatch(f"{case.label}: quantized output shape {tuple(out.shape)}")
+        return f"loaded {len(loaded)} tensors (quantized)"
+    adapter = heads.find_adapter(model)
+    if adapter is not None and adapter.no_head:
+        return f"loaded {len(loaded)} tensors; the model has no class head to swap"
+    old_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
+    heads.replace_head(model, num_classes)
+    counts = freezing.freeze_backbone(model)
+    new_head = sum(p.numel() for _, m in heads.head_modules(model) for p in m.parameters())
+    expected_total = case.meta["num_params"] - old_head + new_head
+    # A model with its own backbone module trains all the rest (decoder, RPN, ROI heads, new head).
+    prefix = freezing.backbone_prefix(name for name, _ in model.named_parameters())
+    trainable = (
+        sum(p.numel() for name, p in model.named_parameters() if not name.startswith(prefix))
+        if prefix is not None
+        else new_head
+    )
+    if counts.trainable != trainable or counts.total != expected_total:
+        raise MetadataMismatch(
+            f"{case.label}, num_classes={num_classes}: after replace_head + freeze_backbone expected "
+            f"{trainable:,} trainable / {expected_total:,} total, found {counts}"
+        )
+    # Partial weights can leave NaN layers that a swap of the last one does not replace (VGG16's
+    # IMAGENET1K_FEATURES ships a NaN classifier): the fine-tuned model must hold finite values.
+    from ..conformance.training import nonfinite_state
+
+    finite = nonfinite_state(model)
+    if not finite.ok:
+        raise MetadataMismatch(f"{case.label}, after replace_head: " + "; ".join(finite.problems))
+    return f"loaded {len(loaded)} tensors; {counts}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import math
 import os
 import secrets
@@ -31,7 +32,7 @@ import shutil
 import tempfile
 import weakref
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -46,9 +47,11 @@ from .cases import WeightsCase
 __all__ = [
     "CHECKPOINTS_ENV",
     "FABRICATED_BLOCK",
+    "KeptCheckpoint",
     "PretrainedServer",
     "case_for_url",
     "checkpoint_dirs",
+    "fabricated_signature",
     "fabricated_values",
     "write_fabricated",
 ]
@@ -101,7 +104,9 @@ def fabricated_values(key: str, tensor: torch.Tensor) -> None:
             tensor.copy_(flat.view(tensor.shape))
 
 
-def write_fabricated(case: WeightsCase, path: Path, **kwargs: Any) -> dict[str, torch.Tensor]:
+def write_fabricated(
+    case: WeightsCase, path: Path, *, kept: KeptCheckpoint | None = None, **kwargs: Any
+) -> dict[str, torch.Tensor]:
     """Write the fabricated checkpoint of ``case`` to ``path`` (atomically); return its contents.
 
     The builder runs for real with ``weights=W`` while its checkpoint read is short-circuited, under
@@ -109,6 +114,7 @@ def write_fabricated(case: WeightsCase, path: Path, **kwargs: Any) -> dict[str, 
     running statistics and whatever the poison reached get :func:`fabricated_values`; buffers the
     builder computed (position indices, coordinate tables) keep their real values. A quantized
     model is converted for real (quantizing needs float weights), its values seeded once.
+    A ``kept`` file that holds the very same state is moved to ``path`` instead of writing it again.
     """
     from .interception import build_with_weights
 
@@ -124,16 +130,115 @@ def write_fabricated(case: WeightsCase, path: Path, **kwargs: Any) -> dict[str, 
             stack.enter_context(poisoned_init())
         built = build_with_weights(case, structural=False, **kwargs)
     state = built.checkpoint
+    signature = None
     if not quantized:
         parameters = {name for name, _ in built.model.named_parameters()}
+        fabricated = set()
         for key, value in state.items():
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 continue
             if key in parameters or key.endswith(("running_mean", "running_var")) or value.isnan().any():
                 fabricated_values(key, value)
+                fabricated.add(key)
+        signature = fabricated_signature(state, fabricated) if kept is not None else None
     path.parent.mkdir(parents=True, exist_ok=True)
+    if kept is not None and kept.take(signature, path):
+        return state
     replace_atomically(path, lambda tmp: save_unchecked(state, tmp), durable=False)
+    if kept is not None:
+        kept.placed(path, signature)
     return state
+
+
+def fabricated_signature(state: Mapping[str, Any], fabricated: Set[str]) -> bytes:
+    """A digest that two fabricated states share only if ``torch.save`` writes the same tensors.
+
+    The ``fabricated`` keys hold :func:`fabricated_values`, a function of the key, shape and dtype
+    alone, so their layout stands for their bytes; every other tensor (what the builder computed)
+    and every other value count by content. Cheap: the computed buffers are small.
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(repr(getattr(state, "_metadata", None)).encode())
+    storages: dict[int, int] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            digest.update(repr((key, value)).encode())
+            continue
+        storage = value.untyped_storage()
+        shared = storages.setdefault(storage.data_ptr(), len(storages))
+        layout = (key, value.dtype, tuple(value.shape), value.stride(), value.storage_offset())
+        digest.update(repr((*layout, shared, storage.nbytes(), key in fabricated)).encode())
+        if key not in fabricated:
+            raw = torch.empty(0, dtype=torch.uint8, device=storage.device).set_(storage)
+            digest.update(raw.numpy().tobytes())
+    return digest.digest()
+
+
+class KeptCheckpoint:
+    """The last fabricated checkpoint a loading check was done with, kept for the next one.
+
+    Consecutive weights enums of one builder often load the very same state (regnet_y_32gf's four,
+    RAFT's six): the file is moved on to the next check's path instead of written again. One file
+    at most: a state that differs replaces it, and it is deleted with this object (the model cache
+    holds it for as long as the model's checks run) or at interpreter exit. A file is only kept
+    as this object placed it: one that was written over since (a size or time stamp that changed)
+    is deleted instead.
+    """
+
+    def __init__(self) -> None:
+        self._file = Path(tempfile.gettempdir()) / f"pytest-zoo-kept-{os.getpid()}-{secrets.token_hex(4)}.pth"
+        self._finalizer = weakref.finalize(self, _unlink, self._file)
+        #: The signature of the kept file, and its identity when it was placed.
+        self._kept: tuple[bytes, tuple[int, ...]] | None = None
+        self._placed: tuple[Path, bytes, tuple[int, ...]] | None = None
+
+    def take(self, signature: bytes | None, path: Path) -> bool:
+        """Move the kept file to ``path`` if it holds the state of ``signature``; whether it did."""
+        kept, self._kept = self._kept, None
+        if kept is None or signature is None or kept != (signature, _identity(self._file)):
+            _unlink(self._file)
+            return False
+        try:
+            os.replace(self._file, path)
+        except OSError:
+            _unlink(self._file)
+            return False
+        self._placed = (path, signature, _identity(path))
+        return True
+
+    def placed(self, path: Path, signature: bytes | None) -> None:
+        """``path`` now holds the fabricated state of ``signature`` (``None``: not to be kept)."""
+        self._placed = (path, signature, _identity(path)) if signature is not None else None
+
+    def keep(self, path: Path) -> None:
+        """The check is done with ``path``: keep it if it is the file placed there, else delete it."""
+        placed, self._placed = self._placed, None
+        if placed is not None and placed[0] == path and placed[2] == _identity(path):
+            try:
+                os.replace(path, self._file)
+                self._kept = (placed[1], _identity(self._file))
+                return
+            except OSError:  # another file system: the next check writes its own
+                pass
+        path.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        self._kept = self._placed = None
+        _unlink(self._file)
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when a file is written over or replaced; ``()`` for a missing file."""
+    try:
+        found = path.stat()
+    except OSError:
+        return ()
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 @functools.cache
