@@ -333,7 +333,6 @@ def test_consecutive_enums_that_load_the_same_state_write_one_checkpoint_kept_wi
     """RAFT's enums (regnet's, ResNet's V1 and V2) load the same state: the file the previous check
     was done with is moved on, not written again, and goes when the model's cache group does."""
     import gc
-    import tempfile
 
     from pytest_zoo.models.cache import active_cache, reset_active_cache
     from pytest_zoo.weights import serving
@@ -345,8 +344,8 @@ def test_consecutive_enums_that_load_the_same_state_write_one_checkpoint_kept_wi
     first, second = (W.resolve_weights_id(f"raft_small-{name}") for name in ("C_T_V1", "C_T_V2"))
     assert "loaded" in W.check_loading(first, tmp_path / "a", 7)
     assert "loaded" in W.check_loading(second, tmp_path / "b", 7)
-    assert len(saved) == 1 and not any(tmp_path.rglob("*.pth"))
-    kept = list(Path(tempfile.gettempdir()).glob(f"pytest-zoo-kept-{os.getpid()}-*"))
+    assert len(saved) == 1 and not any(path for home in "ab" for path in (tmp_path / home).rglob("*.pth"))
+    kept = list(tmp_path.glob(f"pytest-zoo-kept-{os.getpid()}-*"))  # beside the torch homes
     assert len(kept) == 1
     active_cache().release()
     gc.collect()

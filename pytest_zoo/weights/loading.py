@@ -128,8 +128,8 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
     # ZooConformance checks, so nothing is rebuilt for dropping it.
     cache.release()
     # The checkpoint is the check's own scratch file: a full run fabricates one per weights enum
-    # (tens of GB over the zoo), and pytest keeps the last sessions' tmp_path directories. A passed
-    # check leaves it to ``kept``, outside ``torch_home``; a failed one deletes it.
+    # (tens of GB over the zoo). A passed check leaves it to ``kept``, beside ``torch_home``; a
+    # failed one deletes it.
     path = checkpoint_path(case.weights, torch_home)
     passed = False
     try:
@@ -140,7 +140,7 @@ def check_loading(case: WeightsCase, torch_home: Path, num_classes: int) -> str:
         return result
     finally:
         if passed:
-            kept.keep(path)
+            kept.keep(path, torch_home.parent)
         else:
             kept.discard()
             path.unlink(missing_ok=True)

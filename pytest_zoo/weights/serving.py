@@ -182,12 +182,16 @@ class KeptCheckpoint:
     at most: a state that differs replaces it, and it is deleted with this object (the model cache
     holds it for as long as the model's checks run) or at interpreter exit. A file is only kept
     as this object placed it: one that was written over since (a size or time stamp that changed)
-    is deleted instead.
+    is deleted instead. It is kept beside the checks' ``torch_home`` directories, on their file
+    system (scratch storage, :func:`~pytest_zoo.atomic.scratch_dir`), so that keeping and taking it
+    are renames.
     """
 
     def __init__(self) -> None:
-        self._file = Path(tempfile.gettempdir()) / f"pytest-zoo-kept-{os.getpid()}-{secrets.token_hex(4)}.pth"
-        self._finalizer = weakref.finalize(self, _unlink, self._file)
+        self._name = f"pytest-zoo-kept-{os.getpid()}-{secrets.token_hex(4)}.pth"
+        #: Where the kept file is (one path at most), for :meth:`discard` and the exit finaliser.
+        self._files: list[Path] = []
+        self._finalizer = weakref.finalize(self, _unlink_all, self._files)
         #: The signature of the kept file, and its identity when it was placed.
         self._kept: tuple[bytes, tuple[int, ...]] | None = None
         self._placed: tuple[Path, bytes, tuple[int, ...]] | None = None
@@ -195,14 +199,16 @@ class KeptCheckpoint:
     def take(self, signature: bytes | None, path: Path) -> bool:
         """Move the kept file to ``path`` if it holds the state of ``signature``; whether it did."""
         kept, self._kept = self._kept, None
-        if kept is None or signature is None or kept != (signature, _identity(self._file)):
-            _unlink(self._file)
+        file = self._files[0] if self._files else None
+        if file is None or kept is None or signature is None or kept != (signature, _identity(file)):
+            _unlink_all(self._files)
             return False
         try:
-            os.replace(self._file, path)
-        except OSError:
-            _unlink(self._file)
+            os.replace(file, path)
+        except OSError:  # another file system
+            _unlink_all(self._files)
             return False
+        self._files.clear()
         self._placed = (path, signature, _identity(path))
         return True
 
@@ -210,21 +216,26 @@ class KeptCheckpoint:
         """``path`` now holds the fabricated state of ``signature`` (``None``: not to be kept)."""
         self._placed = (path, signature, _identity(path)) if signature is not None else None
 
-    def keep(self, path: Path) -> None:
-        """The check is done with ``path``: keep it if it is the file placed there, else delete it."""
+    def keep(self, path: Path, into: Path) -> None:
+        """The check is done with ``path``: keep it in directory ``into`` if it is the file placed
+        there, else delete it."""
         placed, self._placed = self._placed, None
+        _unlink_all(self._files)
         if placed is not None and placed[0] == path and placed[2] == _identity(path):
+            file = into / self._name
             try:
-                os.replace(path, self._file)
-                self._kept = (placed[1], _identity(self._file))
-                return
+                os.replace(path, file)
             except OSError:  # another file system: the next check writes its own
                 pass
+            else:
+                self._files.append(file)
+                self._kept = (placed[1], _identity(file))
+                return
         path.unlink(missing_ok=True)
 
     def discard(self) -> None:
         self._kept = self._placed = None
-        _unlink(self._file)
+        _unlink_all(self._files)
 
 
 def _identity(path: Path) -> tuple[int, ...]:
@@ -236,9 +247,11 @@ def _identity(path: Path) -> tuple[int, ...]:
     return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
 
 
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    paths.clear()
 
 
 @functools.cache
