@@ -310,14 +310,30 @@ def test_what_outlives_the_session_is_out_of_the_collectors_sight_during_zoo_tes
     pytester.makepyfile(
         test_gc="""
         import gc
+        import weakref
+
+        class Node:
+            pass
+
+        state = {}
+
         def test_zoo(zoo_model_name):
             assert gc.get_freeze_count() > 10_000  # torch, torchvision, pytest's items
+            if not state:  # the first model
+                garbage = Node()
+                garbage.cycle = garbage
+                gc.collect()  # it survives this one: garbage of the oldest generation once dropped
+                state.update(garbage=weakref.ref(garbage), lives_on=Node(), frozen=gc.get_freeze_count())
+                return
+            assert state["garbage"]() is None, "the first model's garbage was frozen, not collected"
+            assert gc.get_freeze_count() > state["frozen"], "what lives on did not join the frozen"
+
         def test_plain():
             assert gc.get_freeze_count() == 0
         """
     )
-    result = pytester.runpytest_subprocess("--zoo-models=squeezenet1_1", "-k", "test_zoo")
-    assert result.parseoutcomes() == {"passed": 1, "deselected": 22}  # test_plain, the shipped suite
+    result = pytester.runpytest_subprocess("--zoo-models=squeezenet1_0,squeezenet1_1", "-k", "test_zoo")
+    assert result.parseoutcomes() == {"passed": 2, "deselected": 43}, result.stdout.str()
     assert (pytester.path / "after.txt").read_text() == "0"
     result = pytester.runpytest_subprocess("-k", "test_plain")
     result.assert_outcomes(passed=1, deselected=1)

@@ -26,8 +26,10 @@ scatter them over workers, where each worker would build the model again. So thi
   head built by a user's ``replace_head`` hook lands on the meta device like the rest of the model;
 * once collection is final in a session with zoo tests, moves everything alive (torch, torchvision,
   the collected items: a few hundred thousand objects) out of the garbage collector's sight with
-  :func:`gc.freeze`, and back at the session's end. Each automatic full collection had scanned
-  them all, a tenth of a second or more each: a tenth of the eight-model run, and of a small gate's;
+  :func:`gc.freeze`, and again after each model, once its tests' garbage is collected (what lives
+  on then: the meta memo's shapes, the reports); all of it back at the session's end. Each
+  automatic full collection had scanned them all, a tenth of a second or more each: a tenth of
+  the eight-model run and of a small gate's, 10 s of the structural sweep;
 * reports the cache's work in the terminal summary, summed over xdist workers.
 
 It imports neither torch nor torchvision: the cache is touched only if a test already imported it.
@@ -293,6 +295,12 @@ class ZooScheduling:
         model = zoo_model_of(item)
         if model is not None and (nextitem is None or zoo_model_of(nextitem) != model):
             _release_models()
+            if self.frozen:
+                # What lives on now (the meta memo's shapes, the reports) joins the frozen objects,
+                # once the garbage of the model's tests is collected: a full collection, which
+                # sees only what was made since the last model, so milliseconds.
+                gc.collect()
+                gc.freeze()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.outer_schedule = scheduled.record(_running_here(session.config, session.items, self.groups_dir))
