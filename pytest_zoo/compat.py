@@ -100,8 +100,8 @@ def global_forward_hooks() -> list[dict[Any, Any]]:
     release without them reads as one hook registered, so that nothing is taken for hook-free."""
     from torch.nn.modules import module
 
-    names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
-    return [getattr(module, name, {None: None}) for name in (*names, "_global_backward_pre_hooks")]
+    kinds = ("forward", "forward_pre", "backward", "backward_pre")
+    return [getattr(module, f"_global_{kind}_hooks", {None: None}) for kind in kinds]
 
 
 def mappable(path: str | os.PathLike[str]) -> str:

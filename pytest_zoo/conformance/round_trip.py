@@ -19,6 +19,7 @@ from torch import nn
 
 from ..atomic import scratch_dir
 from ..compat import global_forward_hooks, mappable, save_unchecked
+from ..models.reference import state_bytes
 from .equivalence import compare_outputs, exact_arithmetic
 from .reports import CheckReport, Inputs, call_model, describe_error, listed, model_device, needs_values
 
@@ -77,9 +78,8 @@ def state_dict_round_trip(
             return build_fresh().to(device)
 
     state = model.state_dict()
-    size = sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
     with tempfile.TemporaryDirectory(
-        prefix="pytest-zoo-round-trip-", dir=scratch_dir(size), ignore_cleanup_errors=True
+        prefix="pytest-zoo-round-trip-", dir=scratch_dir(state_bytes(state)), ignore_cleanup_errors=True
     ) as tmp:
         path = mappable(Path(tmp) / "state_dict.pt")
         save_unchecked(state, path)
@@ -226,14 +226,14 @@ _BUILD_TIME = {"torchvision.models.vision_transformer.VisionTransformer": frozen
 #: What any module keeps in ``__dict__`` (its children, tensors, hooks and mode).
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 _HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.Tensor)
+_PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device, torch.Tensor, nn.Parameter)
 
 
 def _plain(value: object) -> bool:
     """Data the vetted classes' code reads, never code it could call (a user's stateful callable)."""
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, (tuple, list)):  # torch.Size too
         return all(_plain(v) for v in value)
-    return type(value) in _PLAIN or type(value) is torch.Size or type(value) is nn.Parameter
+    return type(value) in _PLAIN
 
 
 def _stateless_in_training(module: nn.Module) -> bool:

@@ -41,6 +41,7 @@ __all__ = [
     "parameter_shapes",
     "probe",
     "reference_kwargs",
+    "state_bytes",
     "state_shapes",
     "trace_swap",
 ]
@@ -49,6 +50,11 @@ Shapes = dict[str, tuple[int, ...]]
 
 #: The class counts every probe builds with: small enough to be cheap, never a real class count.
 PROBE = 3
+
+
+def state_bytes(state: Mapping[str, object]) -> int:
+    """The bytes of the tensors in ``state``: what ``torch.save`` writes of it, pickling aside."""
+    return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, Tensor))
 
 
 def state_shapes(model: nn.Module) -> Shapes:

@@ -12,6 +12,7 @@ from torch import nn
 
 from ..models.cache import active_cache
 from ..models.meta import meta_fast_paths
+from ..models.reference import state_bytes
 from .cases import (
     FILE_SIZE_TOLERANCE,
     OPS_TOLERANCE,
@@ -224,8 +225,7 @@ def check_file_size(case: WeightsCase) -> None:
     declared = case.meta.get("_file_size")
     if not is_finite_number(declared) or declared <= 0:
         raise case.mismatch("_file_size", "a positive size in MiB", repr(declared))
-    tensors = built(case).checkpoint.values()
-    size = sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)) / 2**20
+    size = state_bytes(built(case).checkpoint) / 2**20
     low, high = size, size * (1 + FILE_SIZE_TOLERANCE) + 0.1
     if case.task == "quantized":
         low = sum(p.numel() for p in built(case).model.parameters()) / 2**20
