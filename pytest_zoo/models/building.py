@@ -20,6 +20,7 @@ from torch import nn
 
 from ..compat import default_device, set_fill_uninitialized_memory
 from ..zoo.families import find_family
+from .deferred import overwritten_fills_skipped
 from .initialisers import filled_init
 from .meta import meta_fast_paths, without_memo
 
@@ -302,7 +303,9 @@ def build_model(
             model: nn.Module = get_model(name, **kwargs)
         return model
     values = real_init() if device is not None else contextlib.nullcontext()
-    with _on_device(device), values:
+    # Inside a structural run a build without a device is a meta one: nothing there is drawn.
+    real = device is not None or not _UNPATCHED
+    with _on_device(device), values, overwritten_fills_skipped() if real else contextlib.nullcontext():
         model = get_model(name, **kwargs)
     return model
 
