@@ -18,6 +18,7 @@ from torch import nn
 
 from pytest_zoo.models import building, freezing, heads
 from pytest_zoo.models.cache import HeadOracle, ModelCache, ModelState, builder_oracle, reset_active_cache
+from pytest_zoo.models.reference import PROBE
 from pytest_zoo.models.stats import describe_stats
 
 
@@ -156,6 +157,17 @@ def test_head_oracle_matches_the_builder_at_every_class_count(name: str) -> None
         assert oracle.shapes(n) == real(n), n
     assert oracle.builds == 3, "two probes and one verification, then derived"
     assert oracle.head_names == set(heads.head_parameter_names(building.build_model(name, structural=True)))
+
+
+def test_head_oracle_verifies_its_line_at_a_class_count_other_than_the_probes() -> None:
+    # n squared is affine through no three points: asked at a probe first, the oracle must still
+    # build the next class count for real instead of deriving it from the probes' line.
+    oracle = HeadOracle(lambda n: nn.Linear(2, n * n))
+    assert oracle.shapes(PROBE)["weight"] == (PROBE * PROBE, 2)
+    assert oracle.head_names == {"weight", "bias"}
+    assert oracle.shapes(5)["weight"] == (25, 2)
+    assert oracle.shapes(6)["weight"] == (36, 2)
+    assert oracle.builds == 4, "two probes, then real builds: the line was refuted at 5"
 
 
 def test_head_oracle_falls_back_to_real_builds_when_a_shape_is_not_affine_in_n() -> None:
