@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -367,3 +368,24 @@ def test_fabricated_signatures_tell_apart_any_computed_value_and_any_layout() ->
     assert same != signature(torch.zeros(2, 3), torch.arange(4), frozenset({"w"}))
     assert same != signature(torch.zeros(3, 2).t().contiguous().t(), torch.arange(4), frozenset({"w"}))
     assert same != signature(torch.zeros(3, 2), torch.arange(4), frozenset())
+
+
+def test_a_tensor_the_load_never_reaches_is_still_poisoned_when_the_others_fills_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poisoned build's fills are held until the load (models/deferred.py): the load's copies
+    replace them unread, and a layer it silently skips is filled with NaN at the end all the same."""
+    load_state_dict = torch.nn.Module.load_state_dict
+
+    def skips_a_layer(self: torch.nn.Module, state: Any, strict: bool = True, assign: bool = False) -> Any:
+        state = {k: v for k, v in state.items() if k != "features.3.weight"}
+        return load_state_dict(self, state, strict=False, assign=assign)  # the bug users write
+
+    case = next(c for c in W.weights_cases(["vgg11"]) if c.weights.name == "IMAGENET1K_V1")
+    checkpoint = W.fabricate_checkpoint(case, tmp_path)
+    monkeypatch.setattr(torch.nn.Module, "load_state_dict", skips_a_layer)
+    state = W.load_pretrained_offline(case, tmp_path).state_dict()
+    assert torch.isnan(state["features.3.weight"]).all()
+    assert all(torch.equal(state[k], v) for k, v in checkpoint.items() if k != "features.3.weight")
+    with pytest.raises(W.MetadataMismatch, match=r"differing \['features\.3\.weight'\]"):
+        W.check_loading(case, tmp_path, 7)
