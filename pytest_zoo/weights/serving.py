@@ -40,8 +40,9 @@ from unittest import mock
 import torch
 
 from ..atomic import replace_atomically
-from ..compat import mappable, save_unchecked
-from ..models.building import poisoned_init, real_init
+from ..compat import default_device, mappable, save_unchecked
+from ..conformance.converted import calibration_side
+from ..models.building import poisoned_init, real_init, small_calibration
 from .cases import WeightsCase
 
 __all__ = [
@@ -113,7 +114,9 @@ def write_fabricated(
     a NaN-poisoned initialisation (memset speed): the one extra model-sized allocation. Parameters,
     running statistics and whatever the poison reached get :func:`fabricated_values`; buffers the
     builder computed (position indices, coordinate tables) keep their real values. A quantized
-    model is converted for real (quantizing needs float weights), its values seeded once.
+    model is converted for real (quantizing needs float weights), its values seeded once; it
+    calibrates on its smallest legal image, not torchvision's 299 x 299 (a third of a conversion),
+    which changes the ranges the file holds, not what a load of them is checked for.
     A ``kept`` file that holds the very same state is moved to ``path`` instead of writing it again.
     """
     from .interception import build_with_weights
@@ -121,11 +124,15 @@ def write_fabricated(
     quantized = case.task == "quantized"
     with contextlib.ExitStack() as stack:
         stack.enter_context(real_init())  # even inside a structural (meta) build of the gate
-        stack.enter_context(torch.device("cpu"))
+        # Real CPU tensors whatever the caller's default device, without a ``torch.device`` mode
+        # where CPU is the default already: the mode intercepts every torch call of the build.
+        if default_device() != torch.device("cpu"):
+            stack.enter_context(torch.device("cpu"))
         if quantized:
             stack.enter_context(torch.random.fork_rng())
             torch.manual_seed(0)
             kwargs.setdefault("quantize", True)
+            stack.enter_context(small_calibration(calibration_side(case.model)))
         else:
             stack.enter_context(poisoned_init())
         built = build_with_weights(case, structural=False, **kwargs)
