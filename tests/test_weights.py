@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -367,3 +368,32 @@ def test_fabricated_signatures_tell_apart_any_computed_value_and_any_layout() ->
     assert same != signature(torch.zeros(2, 3), torch.arange(4), frozenset({"w"}))
     assert same != signature(torch.zeros(3, 2).t().contiguous().t(), torch.arange(4), frozenset({"w"}))
     assert same != signature(torch.zeros(3, 2), torch.arange(4), frozenset())
+
+
+def test_a_fabricated_checkpoint_holds_cpu_values_whatever_the_default_device(tmp_path: Path) -> None:
+    """The build enters a ``torch.device("cpu")`` mode only where CPU is not the default already."""
+    case = W.resolve_weights_id("squeezenet1_1-IMAGENET1K_V1")
+    with torch.device("meta"):
+        under_meta = W.fabricate_checkpoint(case, tmp_path / "meta")
+    state = W.fabricate_checkpoint(case, tmp_path / "cpu")
+    assert all(v.device.type == "cpu" for v in under_meta.values())
+    assert state.keys() == under_meta.keys() and all(torch.equal(v, under_meta[k]) for k, v in state.items())
+
+
+def test_quantized_loading_calibrates_both_builds_on_the_smallest_legal_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint's ranges overwrite what the loading build calibrates; the fabricating build's
+    are only what the file holds: neither needs torchvision's 299 x 299 image."""
+    sides: list[int] = []
+    rand = torch.rand
+
+    def recording_rand(*size: Any, **kwargs: Any) -> torch.Tensor:
+        if len(size) == 4 and size[:2] == (1, 3):  # torchvision's calibration image
+            sides.append(size[-1])
+        return rand(*size, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", recording_rand)
+    case = W.resolve_weights_id("quantized_shufflenet_v2_x0_5-IMAGENET1K_FBGEMM_V1")
+    assert "quantized" in W.check_loading(case, tmp_path, 7)
+    assert sides == [64, 64], sides  # the fabricating build, the loading build
