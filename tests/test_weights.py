@@ -397,3 +397,18 @@ def test_quantized_loading_calibrates_both_builds_on_the_smallest_legal_image(
     case = W.resolve_weights_id("quantized_shufflenet_v2_x0_5-IMAGENET1K_FBGEMM_V1")
     assert "quantized" in W.check_loading(case, tmp_path, 7)
     assert sides == [64, 64], sides  # the fabricating build, the loading build
+
+
+def test_a_fabricated_checkpoint_overwrites_every_parameter_the_builder_loads_into(tmp_path: Path) -> None:
+    """Its build spares parameters the NaN fill: every one must get :func:`fabricated_values`, the
+    load-time aux heads GoogLeNet drops afterwards included, or the file holds what memory held."""
+    from pytest_zoo.weights.serving import fabricated_values
+
+    case = W.resolve_weights_id("googlenet-IMAGENET1K_V1")
+    state = W.fabricate_checkpoint(case, tmp_path)
+    floating = {k: v for k, v in state.items() if v.is_floating_point()}
+    assert any(k.startswith("aux1.") for k in floating)
+    for key, value in floating.items():
+        expected = torch.empty_like(value)
+        fabricated_values(key, expected)
+        assert torch.equal(value, expected), key
