@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from ..compat import mappable
-from ..conformance.converted import calibration_side
 from ..models.building import poisoned_init, small_calibration, zero_init
 from ..models.cache import active_cache
 from .cases import MetadataMismatch, WeightsCase
@@ -60,6 +59,7 @@ def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[n
     The checkpoint is memory-mapped, so the model and the file's pages are the only model-sized
     memory: no read copy of the file sits beside them.
     """
+    from ..conformance.converted import calibration_side
     from ..guards.network import network_guard
 
     expected = checkpoint_path(case.weights, torch_home)

@@ -41,7 +41,6 @@ import torch
 
 from ..atomic import replace_atomically
 from ..compat import default_device, mappable, save_unchecked
-from ..conformance.converted import calibration_side
 from ..models.building import real_init, small_calibration
 from ..models.initialisers import filled_init
 from .cases import WeightsCase
@@ -115,12 +114,13 @@ def write_fabricated(
     a NaN-poisoned initialisation that spares parameters (they are overwritten anyway): the one
     extra model-sized allocation. Parameters, running statistics and whatever the poison reached
     get :func:`fabricated_values`; buffers the builder computed (position indices, coordinate
-    tables) keep their real values. A quantized
-    model is converted for real (quantizing needs float weights), its values seeded once; it
-    calibrates on its smallest legal image, not torchvision's 299 x 299 (a third of a conversion),
-    which changes the ranges the file holds, not what a load of them is checked for.
+    tables) keep their real values. A quantized model is converted for real (quantizing needs
+    float weights), its values seeded once; it calibrates on its smallest legal image, not
+    torchvision's 299 x 299 (a third of a conversion), which changes the ranges the file holds,
+    not what a load of them is checked for.
     A ``kept`` file that holds the very same state is moved to ``path`` instead of writing it again.
     """
+    from ..conformance.converted import calibration_side
     from .interception import build_with_weights
 
     quantized = case.task == "quantized"
