@@ -217,6 +217,22 @@ def test_poisoned_init_reaches_initialisers_imported_by_name() -> None:
     assert nn.modules.activation.xavier_uniform_ is nn.init.xavier_uniform_  # given back on exit
 
 
+def test_a_fill_that_spares_parameters_lists_them_and_still_fills_every_other_tensor() -> None:
+    """A fabricated checkpoint's build: its parameters are all overwritten, whatever else is not."""
+    from pytest_zoo.models.initialisers import filled_init
+
+    spared: list[torch.Tensor] = []
+    plain = torch.zeros(3)
+    with filled_init(float("nan"), spared=spared):
+        attention, transformer = _attention_models()
+        nn.init.ones_(plain)
+    parameters = [*attention.parameters(), *transformer.parameters()]
+    initialised = {id(p) for p in spared}
+    assert id(attention.in_proj_weight) in initialised
+    assert all(id(p) in initialised for p in parameters if p.dim() > 1)  # biases may start at zero
+    assert plain.isnan().all()
+
+
 def test_skipped_init_draws_nothing_even_by_name() -> None:
     before = torch.get_rng_state()
     with building.skipped_init():

@@ -389,3 +389,47 @@ def test_a_tensor_the_load_never_reaches_is_still_poisoned_when_the_others_fills
     assert all(torch.equal(state[k], v) for k, v in checkpoint.items() if k != "features.3.weight")
     with pytest.raises(W.MetadataMismatch, match=r"differing \['features\.3\.weight'\]"):
         W.check_loading(case, tmp_path, 7)
+
+
+def test_a_fabricated_checkpoint_holds_cpu_values_whatever_the_default_device(tmp_path: Path) -> None:
+    """The build enters a ``torch.device("cpu")`` mode only where CPU is not the default already."""
+    case = W.resolve_weights_id("squeezenet1_1-IMAGENET1K_V1")
+    with torch.device("meta"):
+        under_meta = W.fabricate_checkpoint(case, tmp_path / "meta")
+    state = W.fabricate_checkpoint(case, tmp_path / "cpu")
+    assert all(v.device.type == "cpu" for v in under_meta.values())
+    assert state.keys() == under_meta.keys() and all(torch.equal(v, under_meta[k]) for k, v in state.items())
+
+
+def test_quantized_loading_calibrates_both_builds_on_the_smallest_legal_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint's ranges overwrite what the loading build calibrates; the fabricating build's
+    are only what the file holds: neither needs torchvision's 299 x 299 image."""
+    sides: list[int] = []
+    rand = torch.rand
+
+    def recording_rand(*size: Any, **kwargs: Any) -> torch.Tensor:
+        if len(size) == 4 and size[:2] == (1, 3):  # torchvision's calibration image
+            sides.append(size[-1])
+        return rand(*size, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", recording_rand)
+    case = W.resolve_weights_id("quantized_shufflenet_v2_x0_5-IMAGENET1K_FBGEMM_V1")
+    assert "quantized" in W.check_loading(case, tmp_path, 7)
+    assert sides == [64, 64], sides  # the fabricating build, the loading build
+
+
+def test_a_fabricated_checkpoint_overwrites_every_parameter_the_builder_loads_into(tmp_path: Path) -> None:
+    """Its build spares parameters the NaN fill: every one must get :func:`fabricated_values`, the
+    load-time aux heads GoogLeNet drops afterwards included, or the file holds what memory held."""
+    from pytest_zoo.weights.serving import fabricated_values
+
+    case = W.resolve_weights_id("googlenet-IMAGENET1K_V1")
+    state = W.fabricate_checkpoint(case, tmp_path)
+    floating = {k: v for k, v in state.items() if v.is_floating_point()}
+    assert any(k.startswith("aux1.") for k in floating)
+    for key, value in floating.items():
+        expected = torch.empty_like(value)
+        fabricated_values(key, expected)
+        assert torch.equal(value, expected), key

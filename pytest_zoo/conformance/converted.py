@@ -12,15 +12,26 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from .strategies import input_spec
 from .task_io import Example, OutputReport, TaskIO
 
-__all__ = ["CONVERTED_MIN_SIZE", "converted_quantized_problems"]
+__all__ = ["CONVERTED_MIN_SIZE", "calibration_side", "converted_quantized_problems"]
 
 
 #: The smallest input side a converted model gets. A quantized global mean pool over a 1x1 feature
 #: map fails ("required rank 4 tensor to use channels_last format"), so 32 pixels, legal for the
 #: float model, are not legal after conversion.
 CONVERTED_MIN_SIZE = 64
+
+
+def calibration_side(name: str) -> int:
+    """The smallest legal input side of ``quantize=True`` builder ``name``, once converted.
+
+    What the kit's conversions calibrate on (:func:`~pytest_zoo.models.building.small_calibration`)
+    when the calibrated ranges are not what is checked: they are overwritten by a checkpoint's, or
+    only shapes are read.
+    """
+    return max(CONVERTED_MIN_SIZE, input_spec(name).min_size)
 
 
 def converted_quantized_problems(

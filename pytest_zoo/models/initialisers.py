@@ -79,14 +79,19 @@ def _is_torchs(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def filled_init(value: float | None) -> Iterator[None]:
+def filled_init(value: float | None, *, spared: list[torch.Tensor] | None = None) -> Iterator[None]:
     """Within this context every initialiser fills floating tensors with ``value``; ``None``: it
     does nothing. Integer tensors are left as they are either way (NaN has no integer form).
+
+    Given ``spared``, a parameter is not filled but appended to it: for a build that overwrites
+    every parameter afterwards (a fabricated checkpoint), where the fill is a model-sized write
+    thrown away, and which must know every tensor it has to overwrite, the load-time parameters a
+    builder drops afterwards included (GoogLeNet's aux heads).
 
     A module imported inside the context that takes an initialiser by name takes the stand-in; it
     gets the original back on exit, so that no later build of the session inherits the fill.
     """
-    fills = {name: _filler(value) for name in INITIALISERS}
+    fills = {name: _filler(value, spared) for name in INITIALISERS}
     targets: list[tuple[Any, str, str]] = [(nn.init, name, name) for name in INITIALISERS]
     targets += initialiser_aliases()
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in targets]
@@ -107,9 +112,11 @@ def filled_init(value: float | None) -> Iterator[None]:
                         namespace[attr] = originals[id(held)]
 
 
-def _filler(value: float | None) -> Callable[..., torch.Tensor]:
+def _filler(value: float | None, spared: list[torch.Tensor] | None) -> Callable[..., torch.Tensor]:
     def fill(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if value is not None and tensor.is_floating_point():
+        if spared is not None and isinstance(tensor, nn.Parameter):
+            spared.append(tensor)
+        elif value is not None and tensor.is_floating_point():
             with torch.no_grad():
                 tensor.fill_(value)
         return tensor

@@ -4,6 +4,7 @@ builder inside a network guard, and checked (:func:`check_loading`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from ..compat import mappable
-from ..models.building import poisoned_init, zero_init
+from ..models.building import poisoned_init, small_calibration, zero_init
 from ..models.cache import active_cache
 from ..models.deferred import overwritten_fills_skipped
 from .cases import MetadataMismatch, WeightsCase
@@ -59,6 +60,7 @@ def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[n
     The checkpoint is memory-mapped, so the model and the file's pages are the only model-sized
     memory: no read copy of the file sits beside them.
     """
+    from ..conformance.converted import calibration_side
     from ..guards.network import network_guard
 
     expected = checkpoint_path(case.weights, torch_home)
@@ -73,11 +75,14 @@ def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[n
         read.append((os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f), loaded))
         return loaded
 
+    quantized = case.task == "quantized"
     with (
         network_guard(torch_home=torch_home) as guard,
         mock.patch.object(torch, "load", load),
         # A quantized builder calibrates before it loads: torch 2.1 and 2.5 assert on NaN ranges.
-        zero_init() if case.task == "quantized" else poisoned_init(),
+        # The checkpoint overwrites the ranges it calibrates, so a small image does as well.
+        zero_init() if quantized else poisoned_init(),
+        small_calibration(calibration_side(case.model)) if quantized else contextlib.nullcontext(),
         # The load overwrites nearly every poisoned tensor: only what it misses is ever filled.
         overwritten_fills_skipped(),
     ):

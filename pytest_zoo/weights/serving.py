@@ -40,8 +40,9 @@ from unittest import mock
 import torch
 
 from ..atomic import replace_atomically
-from ..compat import mappable, save_unchecked
-from ..models.building import poisoned_init, real_init
+from ..compat import default_device, mappable, save_unchecked
+from ..models.building import real_init, small_calibration
+from ..models.initialisers import filled_init
 from .cases import WeightsCase
 
 __all__ = [
@@ -110,34 +111,51 @@ def write_fabricated(
     """Write the fabricated checkpoint of ``case`` to ``path`` (atomically); return its contents.
 
     The builder runs for real with ``weights=W`` while its checkpoint read is short-circuited, under
-    a NaN-poisoned initialisation (memset speed): the one extra model-sized allocation. Parameters,
-    running statistics and whatever the poison reached get :func:`fabricated_values`; buffers the
-    builder computed (position indices, coordinate tables) keep their real values. A quantized
-    model is converted for real (quantizing needs float weights), its values seeded once.
+    a NaN-poisoned initialisation that spares parameters (they are overwritten anyway): the one
+    extra model-sized allocation. Parameters, running statistics and whatever the poison reached
+    get :func:`fabricated_values`; buffers the builder computed (position indices, coordinate
+    tables) keep their real values. A quantized model is converted for real (quantizing needs
+    float weights), its values seeded once; it calibrates on its smallest legal image, not
+    torchvision's 299 x 299 (a third of a conversion), which changes the ranges the file holds,
+    not what a load of them is checked for.
     A ``kept`` file that holds the very same state is moved to ``path`` instead of writing it again.
     """
+    from ..conformance.converted import calibration_side
     from .interception import build_with_weights
 
     quantized = case.task == "quantized"
+    spared: list[torch.Tensor] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(real_init())  # even inside a structural (meta) build of the gate
-        stack.enter_context(torch.device("cpu"))
+        # Real CPU tensors whatever the caller's default device, without a ``torch.device`` mode
+        # where CPU is the default already: the mode intercepts every torch call of the build.
+        if default_device() != torch.device("cpu"):
+            stack.enter_context(torch.device("cpu"))
         if quantized:
             stack.enter_context(torch.random.fork_rng())
             torch.manual_seed(0)
             kwargs.setdefault("quantize", True)
+            stack.enter_context(small_calibration(calibration_side(case.model)))
         else:
-            stack.enter_context(poisoned_init())
+            # Parameters are all overwritten below: they are spared the poison, and held (so that
+            # no other tensor of the build gets their memory) to be recognised by their storage.
+            stack.enter_context(filled_init(float("nan"), spared=spared))
         built = build_with_weights(case, structural=False, **kwargs)
     state = built.checkpoint
     signature = None
     if not quantized:
         parameters = {name for name, _ in built.model.named_parameters()}
+        unfilled = {t.untyped_storage().data_ptr() for t in spared if t.numel()}
         fabricated = set()
         for key, value in state.items():
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
                 continue
-            if key in parameters or key.endswith(("running_mean", "running_var")) or value.isnan().any():
+            if (
+                key in parameters
+                or key.endswith(("running_mean", "running_var"))
+                or (value.numel() and value.untyped_storage().data_ptr() in unfilled)
+                or value.isnan().any()
+            ):
                 fabricated_values(key, value)
                 fabricated.add(key)
         signature = fabricated_signature(state, fabricated) if kept is not None else None
