@@ -32,7 +32,6 @@ from . import task_io as tasks
 from .failures import ConformanceFailure, _expect, hook_origin, render
 from .hooks import _context, _fresh, _raises_as_failure, _swap, _swap_steps
 from .plan import _Plan, _Reference
-from .strategies import input_spec
 
 if TYPE_CHECKING:
     from .gate import Gate
@@ -235,8 +234,7 @@ def _converted(gate: Gate, name: str) -> nn.Module | None:
         return None
     if not torch.backends.quantized.supported_engines:
         return None
-    side = max(converted.CONVERTED_MIN_SIZE, input_spec(name).min_size)  # its smallest legal input
-    with building.zero_init(), building.small_calibration(side):
+    with building.zero_init(), building.small_calibration(converted.calibration_side(name)):
         return building.build_model(name, quantize=True, device="cpu")
 
 

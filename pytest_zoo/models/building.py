@@ -28,6 +28,7 @@ __all__ = [
     "accepts",
     "build_model",
     "builder_kwargs",
+    "on_device",
     "poisoned_init",
     "real_init",
     "skipped_init",
@@ -71,7 +72,7 @@ def structural_init(*, cpu_default: bool = True) -> Iterator[None]:
     nn.Module.register_buffer = to_meta_buffer  # type: ignore[method-assign]
     try:
         # small, real tensors for whatever the builder computes itself
-        with _on_device("cpu") if cpu_default else contextlib.nullcontext(), meta_fast_paths():
+        with on_device("cpu") if cpu_default else contextlib.nullcontext(), meta_fast_paths():
             yield
     finally:
         nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
@@ -305,12 +306,12 @@ def build_model(
     values = real_init() if device is not None else contextlib.nullcontext()
     # Inside a structural run a build without a device is a meta one: nothing there is drawn.
     real = device is not None or not _UNPATCHED
-    with _on_device(device), values, overwritten_fills_skipped() if real else contextlib.nullcontext():
+    with on_device(device), values, overwritten_fills_skipped() if real else contextlib.nullcontext():
         model = get_model(name, **kwargs)
     return model
 
 
-def _on_device(device: torch.device | str | None) -> contextlib.AbstractContextManager[Any]:
+def on_device(device: torch.device | str | None) -> contextlib.AbstractContextManager[Any]:
     """``torch.device(device)`` (CPU if ``None``), or nothing where that is the default already.
 
     A ``torch.device`` mode intercepts every torch call of the build: in a structural sweep, where

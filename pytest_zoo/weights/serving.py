@@ -40,8 +40,8 @@ from unittest import mock
 import torch
 
 from ..atomic import replace_atomically
-from ..compat import default_device, mappable, save_unchecked
-from ..models.building import real_init, small_calibration
+from ..compat import mappable, save_unchecked
+from ..models.building import on_device, real_init, small_calibration
 from ..models.initialisers import filled_init
 from .cases import WeightsCase
 
@@ -127,10 +127,7 @@ def write_fabricated(
     spared: list[torch.Tensor] = []
     with contextlib.ExitStack() as stack:
         stack.enter_context(real_init())  # even inside a structural (meta) build of the gate
-        # Real CPU tensors whatever the caller's default device, without a ``torch.device`` mode
-        # where CPU is the default already: the mode intercepts every torch call of the build.
-        if default_device() != torch.device("cpu"):
-            stack.enter_context(torch.device("cpu"))
+        stack.enter_context(on_device("cpu"))  # real CPU tensors, whatever the default device
         if quantized:
             stack.enter_context(torch.random.fork_rng())
             torch.manual_seed(0)
