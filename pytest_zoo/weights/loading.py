@@ -55,8 +55,10 @@ def load_pretrained_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) 
 def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[nn.Module, Mapping[str, Any]]:
     """:func:`load_pretrained_offline`, and the checkpoint as the builder read it from the file.
 
-    The builder's random initialisation is poisoned (NaN, at memset speed) rather than drawn: the
-    load overwrites it, and whatever it would not overwrite stays NaN instead of passing for loaded.
+    The builder's random initialisation is poisoned (NaN) rather than drawn, and each NaN fill is
+    held until something reads the tensor (:func:`~pytest_zoo.models.deferred.overwritten_fills_skipped`):
+    the load's copy replaces it unread, and whatever the load would not overwrite is NaN at the end
+    of the build instead of passing for loaded.
     The checkpoint is memory-mapped, so the model and the file's pages are the only model-sized
     memory: no read copy of the file sits beside them.
     """
@@ -83,7 +85,6 @@ def _load_offline(case: WeightsCase, torch_home: Path, **kwargs: Any) -> tuple[n
         # The checkpoint overwrites the ranges it calibrates, so a small image does as well.
         zero_init() if quantized else poisoned_init(),
         small_calibration(calibration_side(case.model)) if quantized else contextlib.nullcontext(),
-        # The load overwrites nearly every poisoned tensor: only what it misses is ever filled.
         overwritten_fills_skipped(),
     ):
         model = case.builder(weights=case.weights, **kwargs)
