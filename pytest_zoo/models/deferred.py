@@ -23,6 +23,7 @@ that, and the context is only entered around the kit's own builds.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,9 +83,9 @@ def _tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[torch.Te
 
 
 _VIEW, _FILL, _OVERWRITE, _OTHER = range(4)
-_KINDS: dict[torch._ops.OpOverload, int] = {}
 
 
+@functools.cache
 def _kind(func: torch._ops.OpOverload) -> int:
     """What an operator does to the storages it is given (looked up once per operator)."""
     schema = func._schema
@@ -117,12 +118,10 @@ class _HeldFills(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        kind = _KINDS.get(func)
-        if kind is None:
-            kind = _KINDS[func] = _kind(func)
-        if kind is _VIEW or (kind is _OTHER and not self.held):
+        kind = _kind(func)
+        if kind == _VIEW or (kind == _OTHER and not self.held):
             return func(*args, **kwargs)
-        target = _storage(args[0]) if kind is not _OTHER and args else None
+        target = _storage(args[0]) if kind != _OTHER and args else None
         if target is not None and not _covers_storage(args[0]):
             target = None  # a partial write keeps the rest of what was held: run it first
         inputs = list(_tensors(args[1:], kwargs)) if target is not None else list(_tensors(args, kwargs))
@@ -131,7 +130,7 @@ class _HeldFills(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's
         if target is None:
             return func(*args, **kwargs)
         self.held.pop(target, None)  # overwritten unread
-        if kind is _OVERWRITE or inputs or kwargs.get("generator") is not None:
+        if kind == _OVERWRITE or inputs or kwargs.get("generator") is not None:
             return func(*args, **kwargs)
         self.held[target] = (func, args, kwargs)
         return args[0]
