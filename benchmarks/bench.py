@@ -6,6 +6,7 @@ Run from the repository root (never part of the default test run; nothing touche
     python benchmarks/bench.py --sections compute --examples 5 --naive-every 20 --subset-only
     python benchmarks/bench.py --sections peak                  # opt-in: minutes
     python benchmarks/bench.py --sections full --models='resnet1*'   # opt-in: '*' takes 15-20 min
+    python benchmarks/bench.py --sections share                 # opt-in: the whole zoo's compute, 8 min
 
 Every measurement is a fresh process measured from outside: wall time, user+system CPU time, and the
 peak resident memory that ``os.wait4`` reports (that of the largest single process of the tree;
@@ -75,6 +76,10 @@ Sections:
   peak RSS, and that peak over the size of the fp32 weights.
 * ``full`` (opt-in, 15-20 minutes for the whole zoo): ``pytest --zoo-models=GLOB`` (default ``'*'``,
   ``--models`` overrides), serial and with ``-n 2``: wall, CPU, peak RSS, the speed-up.
+* ``share`` (opt-in, 7-8 minutes for the whole zoo): the same ``-n 2`` run with ``compute_share.py``'s
+  hooks, which time every outermost forward and every backward: per check, how much of its CPU is the
+  model compute the checks exist to run, and what running once every forward that two checks of a
+  model repeat would leave (the bound on sharing forwards between checks).
 """
 
 from __future__ import annotations
@@ -854,7 +859,45 @@ def section_full(work: Path, globs: str | None, seed: int) -> Report:
     return Report(notes=notes, tables=["\n".join(table)])
 
 
-SECTIONS = ("import", "collect", "structural", "compute", "peak", "full")
+def section_share(work: Path, globs: str | None, seed: int) -> Report:
+    """How much of ``pytest --zoo-models=GLOB -n 2`` is model compute (``compute_share.py``'s hooks)."""
+    import compute_share  # beside this script
+
+    glob = globs or "*"
+    print(f"share: pytest --zoo-models='{glob}' -n 2, every forward and backward timed")
+    out = work / "share"
+    out.mkdir()
+    paths = [str(Path(__file__).resolve().parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {"PYTHONPATH": os.pathsep.join(paths), compute_share.DIR_VARIABLE: str(out)}
+    args = ["-q", f"--zoo-models={glob}", f"--hypothesis-seed={seed}", "-n", "2", "-p", "compute_share"]
+    run = measure(f"kit --zoo-models='{glob}' -n 2, timed", args, work, env, tree=True)
+    summary = compute_share.summarise(out)
+    table = [
+        f"`pytest --zoo-models='{glob}' -n 2`, process CPU seconds inside each test (hooks included):",
+        "",
+        "| check | tests | CPU | forwards | backwards | compute share |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = sorted(summary["checks"].items(), key=lambda item: -item[1]["cpu"])
+    for check, c in [*rows, ("all tests", summary["total"])]:
+        compute = c["forward"] + c["backward"]
+        table.append(
+            f"| {check} | {c['tests']:.0f} | {c['cpu']:.1f} | {c['forward']:.1f} | {c['backward']:.1f} | "
+            f"{compute / c['cpu']:.0%} |"
+        )
+    total = summary["total"]
+    compute = total["forward"] + total["backward"]
+    shared = summary["shared_forwards"] + total["backward"]
+    notes = [
+        f"share --zoo-models='{glob}' -n 2: {run.cpu:.1f} CPU-s for the run, {total['cpu']:.1f} inside tests "
+        f"({run.cpu - total['cpu']:.1f} start-up, collection and scheduling); forwards and backwards "
+        f"{compute:.1f} ({compute / run.cpu:.0%} of the run); with every forward that two checks of a model "
+        f"repeat run once, {shared:.1f} (a bound on sharing forwards between checks)",
+    ]
+    return Report(notes=notes, tables=["\n".join(table)])
+
+
+SECTIONS = ("import", "collect", "structural", "compute", "peak", "full", "share")
 
 
 def main() -> None:
@@ -862,7 +905,7 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         default="import,collect,structural,compute",
-        help=f"comma-separated, of {', '.join(SECTIONS)} (peak and full are opt-in: minutes)",
+        help=f"comma-separated, of {', '.join(SECTIONS)} (peak, full and share are opt-in: minutes)",
     )
     parser.add_argument("--examples", type=int, default=5, help="Hypothesis examples per check (every side)")
     parser.add_argument("--structural-examples", type=int, default=None, help="default: --examples")
@@ -948,6 +991,8 @@ def main() -> None:
                 report.add(section_peak(work, args.models, args.peak_count, args.seed))
             elif section == "full":
                 report.add(section_full(work, args.models, args.seed))
+            elif section == "share":
+                report.add(section_share(work, args.models, args.seed))
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}\n")
     if len(report.rows) > 2:
         print("\n".join(report.rows) + "\n")
