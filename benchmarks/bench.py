@@ -88,6 +88,7 @@ import argparse
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -485,9 +486,9 @@ def measure(
     process.returncode = os.waitstatus_to_exitcode(status)
     out.seek(0)
     lines = out.read().decode(errors="replace").strip().splitlines()
-    summary = next(
-        (line for line in reversed(lines) if " in " in line and "=" in line), lines[-1] if lines else ""
-    )
+    counts = re.compile(r"\d+ (passed|failed|error)")  # pytest's last summary line, with or without -q
+    found = (line for line in reversed(lines) if " in " in line and counts.search(line))
+    summary = next(found, lines[-1] if lines else "")
     cpu = usage.ru_utime + usage.ru_stime
     tail = summary.strip("= ")
     peak = usage.ru_maxrss / 1024
@@ -875,15 +876,15 @@ def section_share(work: Path, globs: str | None, seed: int) -> Report:
     table = [
         f"`pytest --zoo-models='{glob}' -n 2`, process CPU seconds inside each test (hooks included):",
         "",
-        "| check | tests | CPU | forwards | backwards | compute share |",
-        "|---|---|---|---|---|---|",
+        "| check | tests | CPU | of which the kernel's | forwards | backwards | compute share |",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = sorted(summary["checks"].items(), key=lambda item: -item[1]["cpu"])
     for check, c in [*rows, ("all tests", summary["total"])]:
         compute = c["forward"] + c["backward"]
         table.append(
-            f"| {check} | {c['tests']:.0f} | {c['cpu']:.1f} | {c['forward']:.1f} | {c['backward']:.1f} | "
-            f"{compute / c['cpu']:.0%} |"
+            f"| {check} | {c['tests']:.0f} | {c['cpu']:.1f} | {c['sys']:.1f} | {c['forward']:.1f} | "
+            f"{c['backward']:.1f} | {compute / c['cpu']:.0%} |"
         )
     total = summary["total"]
     compute = total["forward"] + total["backward"]

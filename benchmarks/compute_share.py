@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import resource
 import time
 from collections.abc import Generator, Iterable
 from pathlib import Path
@@ -140,11 +141,14 @@ class ComputeShare:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, None, None]:
         self.meter.reset()
-        started = time.process_time()
+        started, before = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
         yield
+        after = resource.getrusage(resource.RUSAGE_SELF)
         record = {
             "nodeid": item.nodeid,
             "cpu": time.process_time() - started,
+            "sys": after.ru_stime - before.ru_stime,  # the kernel's part: page faults, file writes
+            "faults": after.ru_minflt - before.ru_minflt,
             "backward": self.meter.backward,
             "forwards": {k: [self.meter.counts[k], v] for k, v in self.meter.forwards.items()},
         }
@@ -172,7 +176,7 @@ def summarise(directory: Path) -> dict[str, Any]:
     ``shared_forwards``: the forwards if each key of a model ran only as often as the one test that
     runs it most (a round trip's two eval forwards stay two; the same forward in two checks, one)."""
     checks: dict[str, dict[str, float]] = collections.defaultdict(
-        lambda: {"tests": 0, "cpu": 0.0, "forward": 0.0, "backward": 0.0}
+        lambda: {"tests": 0, "cpu": 0.0, "sys": 0.0, "forward": 0.0, "backward": 0.0}
     )
     most: dict[tuple[str, str], tuple[int, float]] = {}  # (model, key): most runs in a test, least per run
     for path in sorted(directory.glob("*.jsonl")):
@@ -182,11 +186,13 @@ def summarise(directory: Path) -> dict[str, Any]:
             row = checks[check]
             row["tests"] += 1
             row["cpu"] += record["cpu"]
+            row["sys"] += record["sys"]
             row["backward"] += record["backward"]
             for key, (count, seconds) in record["forwards"].items():
                 row["forward"] += seconds
                 runs, each = most.get((model, key), (0, float("inf")))
                 most[(model, key)] = (max(runs, count), min(each, seconds / count))
-    total = {k: sum(row[k] for row in checks.values()) for k in ("tests", "cpu", "forward", "backward")}
+    fields = ("tests", "cpu", "sys", "forward", "backward")
+    total = {k: sum(row[k] for row in checks.values()) for k in fields}
     shared = sum(runs * each for runs, each in most.values())
     return {"checks": dict(checks), "total": total, "shared_forwards": shared}
