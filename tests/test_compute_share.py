@@ -20,6 +20,7 @@ def test_counts_each_tests_outermost_forwards_and_backwards(
     out = pytester.path / "share"
     out.mkdir()
     monkeypatch.setenv("ZOO_SHARE_DIR", str(out))
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # this suite's own worker, under -n
     pytester.makepyfile(
         test_model="""
         import torch
@@ -52,7 +53,8 @@ def test_counts_each_tests_outermost_forwards_and_backwards(
 
     import compute_share
 
-    records = {r["nodeid"].rpartition("::")[2]: r for r in map(json.loads, (out / "main.jsonl").open())}
+    lines = (out / "main.jsonl").read_text().splitlines()
+    records = {r["nodeid"].rpartition("::")[2]: r for r in map(json.loads, lines)}
     first = records["test_two_evals_and_a_train_step"]
     assert {key: runs for key, (runs, _) in first["forwards"].items()} == {
         "Sequential eval nograd (5, 4)float32": 2,
