@@ -22,7 +22,7 @@ import json
 import os
 import resource
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -31,25 +31,14 @@ import pytest
 DIR_VARIABLE = "ZOO_SHARE_DIR"
 
 
-def _leaves(value: object) -> Iterable[Any]:
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _leaves(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _leaves(item)
-
-
 def _signature(args: object) -> str | None:
     """The inputs' shapes, dtypes and memory formats; ``None`` for a forward on the meta device."""
     import torch
 
+    from pytest_zoo.conformance.reports import named_leaves
+
     parts = []
-    for tensor in _leaves(args):
+    for tensor in named_leaves(args).values():
         if tensor.is_meta:
             return None
         channels_last = tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
